@@ -1,0 +1,169 @@
+"""A labelled estimate of CPU and RAM energy for machines with no energy sensor.
+
+Uses CodeCarbon's models (codecarbon >= 3, "machine" tracking):
+
+- CPU: the TDP of the detected CPU from CodeCarbon's table (or its default of 4 W per
+  thread when the model is unknown), scaled by machine-wide CPU load with CodeCarbon's
+  curve ``P = TDP * (0.1 + 0.9 * load**3)``;
+- RAM: CodeCarbon's constant DIMM-count model for the machine's memory size.
+
+A background thread samples the load every `period_s` from ``/proc/stat`` deltas (its
+own baseline, so other users of ``psutil.cpu_percent`` cannot disturb it) and integrates.
+``read()`` copies two floats under a lock: microseconds, never a blocking measurement.
+These are estimates, not measurements: TDP is not power, and load is not energy.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from depth.meters.base import BackgroundSampler
+
+
+def cpu_power_w(tdp_w: float, load: float) -> float:
+    """CodeCarbon's machine-mode CPU power for a load in [0, 1]."""
+    load = min(max(load, 0.0), 1.0)
+    return tdp_w * (0.1 + 0.9 * load**3)
+
+
+class CpuLoad:
+    """Machine-wide CPU busy fraction between successive calls, from ``psutil.cpu_times``."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._cpu_times = psutil.cpu_times
+        self._last = self._totals()
+
+    def _totals(self) -> tuple[float, float]:
+        t = self._cpu_times()
+        idle = t.idle + getattr(t, "iowait", 0.0)
+        return sum(t), idle
+
+    def __call__(self) -> float:
+        total, idle = self._totals()
+        d_total, d_idle = total - self._last[0], idle - self._last[1]
+        self._last = (total, idle)
+        return 0.0 if d_total <= 0 else 1.0 - d_idle / d_total
+
+
+@contextmanager
+def _quiet_codecarbon() -> Iterator[None]:
+    """CodeCarbon warns on unknown CPUs; we report the same fact in our own `basis`."""
+    logger = logging.getLogger("codecarbon")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def codecarbon_cpu_tdp() -> tuple[str, float, bool]:
+    """(CPU model, TDP in W, whether the TDP came from CodeCarbon's table)."""
+    from codecarbon.core.cpu import DEFAULT_POWER_PER_CORE, TDP
+    from codecarbon.core.util import count_cpus
+
+    with _quiet_codecarbon():
+        tdp = TDP()
+        in_table = tdp.model != "Unknown" and tdp._get_cpu_power_from_registry(tdp.model) is not None
+    if tdp.tdp is None:  # CPU model not detectable: CodeCarbon's per-thread default
+        return tdp.model, float(count_cpus() * DEFAULT_POWER_PER_CORE), False
+    return tdp.model, float(tdp.tdp), in_table
+
+
+def codecarbon_ram_power_w() -> float:
+    """CodeCarbon's machine RAM power model (DIMM count from memory size)."""
+    from codecarbon.external.ram import RAM
+
+    with _quiet_codecarbon():
+        return float(RAM(tracking_mode="machine").total_power().W)
+
+
+class EstimateMeter:
+    """Estimated CPU (``cpu:0``) and RAM (``dram:0``) joules, labelled ``estimate``.
+
+    Args:
+        reason: Why nothing could be measured; kept in ``reason`` and shown to users.
+        tdp_w: CPU TDP in watts; looked up through CodeCarbon when ``None``.
+        ram_power_w: RAM power in watts; CodeCarbon's model when ``None``.
+        include_dram: Whether ``dram:0`` is reported.
+        period_s: Load sampling period of the background thread.
+        cpu_load: A callable returning the busy fraction since its previous call
+            (defaults to `CpuLoad`); injectable for tests.
+    """
+
+    method = "estimate"
+
+    def __init__(self, reason: str = "no energy sensor is readable on this machine", *,
+                 tdp_w: float | None = None, ram_power_w: float | None = None,
+                 include_dram: bool = True, period_s: float = 0.1,
+                 cpu_load: Callable[[], float] | None = None):
+        if period_s <= 0:
+            raise ValueError(f"period_s must be > 0, got {period_s}")
+        self.reason = reason
+        if tdp_w is None:
+            cpu_model, tdp_w, in_table = codecarbon_cpu_tdp()
+            tdp_source = ("CodeCarbon's CPU table" if in_table else
+                          "CodeCarbon's default of 4 W per thread (CPU model not in its table)")
+        else:
+            cpu_model, tdp_source = "user-supplied", "user-supplied"
+        if ram_power_w is None and include_dram:
+            ram_power_w = codecarbon_ram_power_w()
+        self.tdp_w = float(tdp_w)
+        self.ram_power_w = float(ram_power_w or 0.0)
+        self.include_dram = include_dram
+        self.basis: dict[str, Any] = {
+            "cpu_model": cpu_model, "tdp_w": self.tdp_w, "tdp_source": tdp_source,
+            "cpu_model_formula": "P = TDP * (0.1 + 0.9 * load^3), machine-wide load (CodeCarbon)",
+            "ram_power_w": self.ram_power_w if include_dram else None,
+            "ram_source": "CodeCarbon RAM model (DIMM count from memory size)" if include_dram
+            else None,
+        }
+        self._load = cpu_load if cpu_load is not None else CpuLoad()
+        self._lock = threading.Lock()
+        self._t0 = self._t_last = time.monotonic()
+        self._cpu_j = 0.0
+        self._last_power_w = cpu_power_w(self.tdp_w, 0.0)
+        self._sampler = BackgroundSampler(self._sample, period_s, "depth-estimate")
+
+    def devices(self) -> list[str]:
+        return ["cpu:0", "dram:0"] if self.include_dram else ["cpu:0"]
+
+    def _sample(self) -> None:
+        load = self._load()  # busy fraction over [t_last, now]
+        now = time.monotonic()
+        power_w = cpu_power_w(self.tdp_w, load)
+        with self._lock:
+            self._cpu_j += power_w * (now - self._t_last)
+            self._t_last = now
+            self._last_power_w = power_w
+
+    def read(self) -> dict[str, float]:
+        """Estimated cumulative joules: CPU up to the last sample, RAM up to now."""
+        self._sampler.ensure_started()
+        with self._lock:
+            cpu_j = self._cpu_j
+        out = {"cpu:0": cpu_j}
+        if self.include_dram:
+            out["dram:0"] = self.ram_power_w * (time.monotonic() - self._t0)
+        return out
+
+    def power_w(self) -> dict[str, float]:
+        """The latest estimated power per device."""
+        with self._lock:
+            out = {"cpu:0": self._last_power_w}
+        if self.include_dram:
+            out["dram:0"] = self.ram_power_w
+        return out
+
+    def hardware(self) -> dict[str, object]:
+        return {"cpu_model": self.basis["cpu_model"]}
+
+    def close(self) -> None:
+        self._sampler.stop()
