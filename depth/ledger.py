@@ -1,0 +1,476 @@
+"""Framework-free energy accounting: cumulative joules, step attribution, segments, waste.
+
+The ledger is fed *observations* (a monotonic time and cumulative joules per device) at
+optimizer-step boundaries, and returns *points* (one per logged step) whose joules add up
+exactly to the cumulative total (closure).
+
+Attribution. Hardware counters refresh slower than a short step (NVML: ~100 ms). Reading
+such a counter at each step boundary gives a staircase: zero, zero, spike. Instead, each
+device's counter is treated as samples of a continuous curve: when a read shows a new
+value, the update happened at some time between this read and the previous one, placed at
+the midpoint (its expected time); boundaries in between are placed on the straight line
+from the previous update to this one. A boundary is therefore final only once the next
+update arrives (at most one refresh period later), and each boundary's value lies between
+the counter values around it, so closure is exact and values never decrease. A counter
+silent for `max_lag_s` is taken as flat (no energy) for the boundaries it kept waiting.
+
+Segments. Every fit is a segment. The model's depth is the sum of all segments, including
+*wasted* ones: energy spent after the checkpoint a run resumes from (recomputed steps,
+crashed runs), recovered from the crash sidecar.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+SCHEMA = 1
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class CounterInterpolator:
+    """Places step boundaries on a piecewise-linear curve through a counter's updates.
+
+    Args:
+        t0_s: Monotonic time of the first reading.
+        energy0_j: The first reading.
+        max_lag_s: Boundaries older than this with no counter update are finalized flat.
+    """
+
+    def __init__(self, t0_s: float, energy0_j: float, max_lag_s: float = 1.0):
+        self.anchor = (t0_s, energy0_j)  # last known point of the curve
+        self.last = (t0_s, energy0_j)  # last read
+        self.max_lag_s = max_lag_s
+        self.pending: deque[tuple[int, float]] = deque()  # (key, t_s), oldest first
+
+    def observe(self, t_s: float, energy_j: float, key: int | None = None) -> dict[int, float]:
+        """Feeds a read; `key` marks it as a boundary. Returns boundaries now final."""
+        done: dict[int, float] = {}
+        t_prev, e_prev = self.last
+        if energy_j != e_prev and t_s > t_prev:
+            t_update = 0.5 * (t_prev + t_s)  # the update happened in (t_prev, t_s]
+            self._place(t_update, energy_j, done)
+        self.last = (t_s, energy_j) if t_s >= t_prev else self.last
+        if key is not None:
+            self.pending.append((key, t_s))
+        if self.pending and t_s - self.pending[0][1] > self.max_lag_s:
+            # A counter silent this long has not moved: those boundaries got no energy.
+            anchor_e = self.anchor[1]
+            while self.pending and t_s - self.pending[0][1] > self.max_lag_s:
+                done[self.pending.popleft()[0]] = anchor_e
+            self.anchor = (max(self.anchor[0], t_prev), anchor_e)
+        return done
+
+    def _place(self, t_s: float, energy_j: float, done: dict[int, float]) -> None:
+        t_a, e_a = self.anchor
+        while self.pending and self.pending[0][1] <= t_s:
+            key, t_b = self.pending.popleft()
+            frac = (t_b - t_a) / (t_s - t_a) if t_s > t_a else 1.0
+            done[key] = e_a + (energy_j - e_a) * min(max(frac, 0.0), 1.0)
+        self.anchor = (t_s, energy_j)
+
+    def close(self, t_s: float, energy_j: float) -> dict[int, float]:
+        """Final read, taken as exact at `t_s`: every pending boundary becomes final."""
+        done: dict[int, float] = {}
+        self._place(max(t_s, self.anchor[0]), energy_j, done)
+        for key, _ in self.pending:  # boundaries after t_s (clock quirks): at the end value
+            done[key] = energy_j
+        self.pending.clear()
+        self.last = (t_s, energy_j)
+        return done
+
+
+class BridgingReader:
+    """Reads a meter and never raises: devices that fail are bridged by last power x gap.
+
+    A failing device is estimated as its last measured power (over at least
+    `power_window_s`) times the time since its last good read; the estimate is counted in
+    ``bridged_j`` and described in ``flags``, and `on_failure` is called once per device.
+    A device that answers again continues from its measured value (never below what was
+    already reported). Thread-safe: the sidecar thread and the training thread share it.
+
+    Args:
+        read: The meter's ``read``.
+        devices: The device labels to report.
+        on_failure: Called once per failing device with a one-line message (e.g. a warning).
+        clock: Monotonic clock (injectable for tests).
+    """
+
+    def __init__(self, read: Callable[[], Mapping[str, float]], devices: Sequence[str],
+                 on_failure: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic, power_window_s: float = 1.0):
+        import threading
+
+        self._read = read
+        self.devices = list(devices)
+        self._on_failure = on_failure or (lambda message: None)
+        self._clock = clock
+        self._window_s = power_window_s
+        self._lock = threading.Lock()
+        self._value: dict[str, float] = {}
+        self._last_good: dict[str, tuple[float, float]] = {}
+        self._ref: dict[str, tuple[float, float]] = {}  # for the power estimate
+        self.power_w: dict[str, float] = {}
+        self.bridged_j: dict[str, float] = {}
+        self.failing: dict[str, str] = {}
+        self.flags: list[str] = []
+
+    def read(self) -> tuple[float, dict[str, float]]:
+        """(monotonic time, cumulative joules per device) — measured, or bridged."""
+        from depth.meters.base import MeterReadError
+
+        with self._lock:
+            failed: dict[str, str] = {}
+            try:
+                raw = dict(self._read())
+            except MeterReadError as err:
+                raw = dict(err.partial)
+                failed = {d: err.reason for d in self.devices if d not in raw}
+            except Exception as err:  # a third-party meter: every device failed
+                raw = {}
+                failed = {d: f"{type(err).__name__}: {err}" for d in self.devices}
+            t_s = self._clock()
+            for device in self.devices:
+                if device in raw and device not in failed:
+                    self._good(device, t_s, float(raw[device]))
+                else:
+                    self._bridge(device, t_s, failed.get(device, "no reading"))
+            return t_s, dict(self._value)
+
+    def _good(self, device: str, t_s: float, energy_j: float) -> None:
+        if device in self.failing:
+            self.flags.append(f"{device}: answered again after "
+                              f"{self.bridged_j.get(device, 0.0):.3f} J were bridged")
+            del self.failing[device]
+        value = max(energy_j, self._value.get(device, energy_j))
+        self._value[device] = value
+        self._last_good[device] = (t_s, value)
+        ref = self._ref.setdefault(device, (t_s, value))
+        if t_s - ref[0] >= self._window_s:
+            self.power_w[device] = (value - ref[1]) / (t_s - ref[0])
+            self._ref[device] = (t_s, value)
+
+    def _bridge(self, device: str, t_s: float, reason: str) -> None:
+        if device not in self.failing:
+            self.failing[device] = reason
+            power = self.power_w.get(device)
+            if power is None:  # no full window yet: the power since the first good read
+                ref, last = self._ref.get(device), self._last_good.get(device)
+                power = ((last[1] - ref[1]) / (last[0] - ref[0])
+                         if ref and last and last[0] > ref[0] else 0.0)
+                self.power_w[device] = power
+            message = (f"{device}: meter read failed ({reason}); bridging with its last "
+                       f"power {power:.1f} W x gap time (an estimate)")
+            self.flags.append(message)
+            self._on_failure(message)
+        last_t, last_e = self._last_good.get(device, (t_s, self._value.get(device, 0.0)))
+        gap_j = self.power_w.get(device, 0.0) * max(t_s - last_t, 0.0)
+        value = max(self._value.get(device, 0.0), last_e + gap_j)
+        self.bridged_j[device] = self.bridged_j.get(device, 0.0) + value - self._value.get(
+            device, 0.0)
+        self._value[device] = value
+
+
+@dataclass
+class Segment:
+    """One fit (``kind="fit"``), or energy lost after a checkpoint (``kind="wasted"``)."""
+
+    kind: str
+    start_step: int
+    end_step: int
+    joules: float
+    wall_s: float
+    started: str
+    ended: str | None
+    method: str
+    hardware: dict[str, Any] = field(default_factory=dict)
+    devices: dict[str, float] = field(default_factory=dict)
+    tokens: int = 0
+    sync: str = "none"
+    flags: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Segment":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class Point:
+    """One logged optimizer step.
+
+    Attributes:
+        step: The optimizer step (Lightning's ``global_step`` after the step).
+        joules: Cumulative joules of the model's whole history at this step.
+        interval_joules: Joules since the previous point (its step's, when logging every step).
+        interval_steps: Optimizer steps since the previous point.
+        interval_s: Seconds since the previous point.
+        tokens: Training tokens since the previous point (``None`` when unknown).
+        devices: Cumulative joules per device (whole history).
+    """
+
+    step: int
+    joules: float
+    interval_joules: float
+    interval_steps: int
+    interval_s: float
+    tokens: int | None
+    devices: dict[str, float]
+
+    @property
+    def step_joules(self) -> float:
+        return self.interval_joules / max(self.interval_steps, 1)
+
+    @property
+    def watts(self) -> float:
+        return self.interval_joules / self.interval_s if self.interval_s > 0 else 0.0
+
+    @property
+    def joules_per_token(self) -> float | None:
+        return self.interval_joules / self.tokens if self.tokens else None
+
+
+class Ledger:
+    """The energy history of one model: closed segments plus the open one.
+
+    Usage: `begin` at the start of a fit, `step` at each optimizer-step boundary (with
+    observations from every rank), `pop_points` to log, `snapshot` at checkpoints, `end`
+    when the fit stops. `state_dict`/`load_state_dict` carry it through checkpoints.
+    """
+
+    def __init__(self, max_lag_s: float = 1.0):
+        self.lineage_id = uuid.uuid4().hex
+        self.segments: list[Segment] = []
+        self.history_devices: dict[str, float] = {}  # joules per device, closed segments
+        self.optimizer_steps = 0
+        self.tokens = 0
+        self.tokens_known = True
+        self.max_lag_s = max_lag_s
+        self._open: dict[str, Any] | None = None
+        self._ready: list[Point] = []
+
+    # ----------------------------------------------------------------- totals
+
+    @property
+    def history_j(self) -> float:
+        return math.fsum(self.history_devices.values())
+
+    @property
+    def wasted_j(self) -> float:
+        return math.fsum(s.joules for s in self.segments if s.kind == "wasted")
+
+    # ----------------------------------------------------------------- a fit
+
+    def begin(self, step: int, observations: Sequence[tuple[float, Mapping[str, float]]],
+              method: str, hardware: Mapping[str, Any] | None = None, sync: str = "none",
+              started: str | None = None) -> None:
+        """Opens a segment at optimizer step `step` from baseline readings.
+
+        Args:
+            step: The optimizer step the fit starts from (0, or the resumed step).
+            observations: (monotonic time, cumulative joules per device), one per rank.
+            method: How the joules are obtained.
+            hardware: Hardware facts for the record.
+            sync: The CUDA synchronization mode.
+            started: ISO time the fit started (now by default).
+        """
+        if self._open is not None:
+            raise RuntimeError("a segment is already open; call end() first")
+        start: dict[str, float] = {}
+        interps: dict[str, CounterInterpolator] = {}
+        t_first = observations[0][0]
+        for t_s, reading in observations:
+            for device, energy_j in reading.items():
+                start[device] = energy_j
+                interps[device] = CounterInterpolator(t_s, energy_j, self.max_lag_s)
+                self.history_devices.setdefault(device, 0.0)
+        self._open = {
+            "start_step": step, "start": start, "interps": interps, "t0": t_first,
+            "wall0": time.time(), "started": started or utc_now(), "method": method,
+            "hardware": dict(hardware or {}), "sync": sync, "tokens": 0,
+            "last_point": (step, t_first, self._cumulative_at(start, start)),
+            "boundaries": {}, "done": {}, "flags": [], "last_step": step, "last_reading": dict(start),
+        }
+        self.optimizer_steps = step
+
+    def _cumulative_at(self, values: Mapping[str, float], start: Mapping[str, float]) -> float:
+        return self.history_j + math.fsum(values[d] - start[d] for d in values)
+
+    def step(self, step: int, observations: Sequence[tuple[float, Mapping[str, float]]],
+             tokens: int | None, log: bool = True) -> None:
+        """Records an optimizer-step boundary.
+
+        Args:
+            step: The optimizer step just completed.
+            observations: (monotonic time, cumulative joules per device), one per rank; the
+                first one's time is used for intervals.
+            tokens: Training tokens processed since the previous call (all ranks), or None.
+            log: Whether this boundary becomes a point (else it only refines attribution).
+        """
+        seg = self._require_open()
+        self.optimizer_steps = step
+        seg["last_step"] = step
+        if tokens is None:
+            self.tokens_known = False
+        else:
+            self.tokens += tokens
+            seg["tokens"] += tokens
+            seg["pending_tokens"] = seg.get("pending_tokens", 0) + tokens
+        key = step if log else None
+        if log:
+            seg["boundaries"][step] = (observations[0][0], seg.pop("pending_tokens", 0))
+            seg["done"][step] = {}
+        for t_s, reading in observations:
+            for device, energy_j in reading.items():
+                interp = seg["interps"].get(device)
+                if interp is None:
+                    continue
+                seg["last_reading"][device] = energy_j
+                for k, value in interp.observe(t_s, energy_j, key).items():
+                    seg["done"][k][device] = value
+        self._emit_ready()
+
+    def _emit_ready(self, force: bool = False) -> None:
+        seg = self._require_open()
+        n_devices = len(seg["interps"])
+        for step in sorted(seg["done"]):
+            values = seg["done"][step]
+            if len(values) < n_devices and not force:
+                break
+            t_s, tokens = seg["boundaries"].pop(step)
+            del seg["done"][step]
+            prev_step, prev_t, prev_j = seg["last_point"]
+            joules = self._cumulative_at(values, seg["start"])
+            devices = {d: self.history_devices[d] + values[d] - seg["start"][d] for d in values}
+            self._ready.append(Point(step, joules, joules - prev_j, step - prev_step,
+                                     t_s - prev_t, tokens if self.tokens_known else None,
+                                     devices))
+            seg["last_point"] = (step, t_s, joules)
+
+    def pop_points(self) -> list[Point]:
+        """Points that became final since the last call, in step order."""
+        points, self._ready = self._ready, []
+        return points
+
+    def add_flag(self, message: str) -> None:
+        if self._open is not None and message not in self._open["flags"]:
+            self._open["flags"].append(message)
+
+    def snapshot_devices(self, reading: Mapping[str, float]) -> dict[str, float]:
+        """Whole-history joules per device, with the open segment up to `reading`."""
+        seg = self._open
+        if seg is None:
+            return dict(self.history_devices)
+        out = dict(self.history_devices)
+        for device, energy_j in reading.items():
+            if device in seg["start"]:
+                out[device] = self.history_devices[device] + energy_j - seg["start"][device]
+        return out
+
+    def end(self, observations: Sequence[tuple[float, Mapping[str, float]]],
+            flags: Sequence[str] = ()) -> Segment:
+        """Closes the open segment: pending boundaries become final, totals are exact."""
+        seg = self._require_open()
+        final: dict[str, float] = dict(seg["last_reading"])
+        for t_s, reading in observations:
+            for device, energy_j in reading.items():
+                interp = seg["interps"].get(device)
+                if interp is None:
+                    continue
+                final[device] = energy_j
+                for k, value in interp.close(t_s, energy_j).items():
+                    seg["done"][k][device] = value
+        self._emit_ready(force=True)
+        devices = {d: final[d] - seg["start"][d] for d in seg["start"]}
+        segment = Segment(
+            kind="fit", start_step=seg["start_step"], end_step=seg["last_step"],
+            joules=math.fsum(devices.values()), wall_s=time.time() - seg["wall0"],
+            started=seg["started"], ended=utc_now(), method=seg["method"],
+            hardware=seg["hardware"], devices=devices, tokens=seg["tokens"], sync=seg["sync"],
+            flags=list(dict.fromkeys([*seg["flags"], *flags])))
+        for device, joules in devices.items():
+            self.history_devices[device] = self.history_devices.get(device, 0.0) + joules
+        self.segments.append(segment)
+        self._open = None
+        return segment
+
+    def add_wasted(self, start_step: int, end_step: int, devices: Mapping[str, float],
+                   wall_s: float, started: str, ended: str | None, method: str,
+                   note: str) -> Segment:
+        """Adds energy spent after a checkpoint that this history does not continue."""
+        if self._open is not None:
+            raise RuntimeError("add wasted work before begin()")
+        devices = {d: max(0.0, j) for d, j in devices.items()}
+        segment = Segment(kind="wasted", start_step=start_step, end_step=end_step,
+                          joules=math.fsum(devices.values()), wall_s=wall_s, started=started,
+                          ended=ended, method=method, devices=devices, flags=[note])
+        for device, joules in devices.items():
+            self.history_devices[device] = self.history_devices.get(device, 0.0) + joules
+        self.segments.append(segment)
+        return segment
+
+    def _require_open(self) -> dict[str, Any]:
+        if self._open is None:
+            raise RuntimeError("no open segment; call begin() first")
+        return self._open
+
+    @property
+    def is_open(self) -> bool:
+        return self._open is not None
+
+    # ----------------------------------------------------------------- persistence
+
+    def state_dict(self, reading: Mapping[str, float] | None = None,
+                   t_s: float | None = None) -> dict[str, Any]:
+        """The history as of now, the open segment included up to `reading` (exact).
+
+        The open segment appears as a segment with ``ended=None``; a resume turns it into
+        the record's last fit segment, so the checkpoint's `train_joules` covers everything
+        spent up to the save.
+        """
+        segments = [s.to_dict() for s in self.segments]
+        devices = dict(self.history_devices)
+        seg = self._open
+        if seg is not None and reading is not None:
+            devices = self.snapshot_devices(reading)
+            seg_devices = {d: devices[d] - self.history_devices[d] for d in seg["start"]}
+            segments.append(Segment(
+                kind="fit", start_step=seg["start_step"], end_step=seg["last_step"],
+                joules=math.fsum(seg_devices.values()), wall_s=time.time() - seg["wall0"],
+                started=seg["started"], ended=None, method=seg["method"],
+                hardware=seg["hardware"], devices=seg_devices, tokens=seg["tokens"],
+                sync=seg["sync"], flags=list(seg["flags"])).to_dict())
+        return {
+            "schema": SCHEMA, "lineage_id": self.lineage_id, "segments": segments,
+            "devices": devices, "optimizer_steps": self.optimizer_steps,
+            "tokens": self.tokens if self.tokens_known else None,
+            "train_joules": math.fsum(devices.values()),
+            "wasted_joules": math.fsum(s["joules"] for s in segments if s["kind"] == "wasted"),
+            "saved_at": utc_now(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continues the history saved in a checkpoint (its open segment is closed here)."""
+        if self._open is not None:
+            raise RuntimeError("cannot load a ledger state while a segment is open")
+        self.lineage_id = state["lineage_id"]
+        self.segments = [Segment.from_dict(s) for s in state["segments"]]
+        for s in self.segments:
+            if s.ended is None:
+                s.ended = state.get("saved_at")
+        self.history_devices = dict(state["devices"])
+        self.optimizer_steps = int(state["optimizer_steps"])
+        self.tokens_known = state.get("tokens") is not None
+        self.tokens = int(state.get("tokens") or 0)
