@@ -7,6 +7,24 @@ against what the model costs to serve. Heavy modules load on first use, so
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["DepthCallback", "Provenance", "__version__"]
+
+if TYPE_CHECKING:
+    from depth.callback import DepthCallback
+    from depth.provenance import Provenance
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DepthCallback":
+        from depth.callback import DepthCallback
+
+        return DepthCallback
+    if name == "Provenance":
+        from depth.provenance import Provenance
+
+        return Provenance
+    raise AttributeError(f"module 'depth' has no attribute {name!r}")

@@ -1,0 +1,482 @@
+"""`DepthCallback`: cumulative joules per optimizer step, embedded in every checkpoint.
+
+A thin Lightning layer over `depth.ledger`. What it adds to the ledger is Lightning's:
+when an optimizer step ends (``global_step`` advanced: correct under gradient accumulation
+and manual optimization), which device each rank uses, combining ranks with one small
+collective at log and checkpoint points, loggers, checkpoints, resume and the crash
+sidecar.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from depth.ledger import BridgingReader, Ledger, Point, utc_now
+from depth.meters import METER_NAMES, EnergyMeter, MeterUnavailable, auto_meter, make_meter
+from depth.provenance import CHECKPOINT_KEY, Provenance, weights_sha256
+from depth.sidecar import SidecarWriter, read_sidecar, sidecar_path
+from depth.tokens import token_counter
+from depth.tracking import BufferedMetricWriter, is_mlflow_logger
+
+SYNC_MODES = ("none", "log", "step")
+Observation = tuple[float, dict[str, float]]
+
+
+class _DirectSink:
+    """A Lightning logger other than MLflow: its own ``log_metrics`` (they buffer)."""
+
+    def __init__(self, logger: Any):
+        self.logger = logger
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        self.logger.log_metrics(dict(metrics), step=step)
+
+    def flush(self) -> None:
+        save = getattr(self.logger, "save", None)
+        if callable(save):
+            save()
+
+    def close(self) -> None:
+        self.flush()
+
+
+class DepthCallback(Callback):
+    """Logs cumulative joules at every optimizer step and embeds provenance in checkpoints.
+
+    Args:
+        meter: ``"auto"`` (the best sources for the devices this rank uses), a name from
+            `depth.meters.METER_NAMES`, or any `EnergyMeter`.
+        log_every_n_steps: One point every this many optimizer steps (independent of
+            ``Trainer(log_every_n_steps)``). Between points, values are per-interval means.
+        tokens_per_batch: Tokens per batch: an int, a callable ``batch -> int``, or
+            ``None`` to infer them from an integer B x T token tensor in the batch (no
+            token metrics when there is none).
+        sync: CUDA synchronization before reading the meter: ``"none"`` (never stalls),
+            ``"log"`` (at log points and checkpoints), ``"step"`` (every optimizer step).
+        log_per_device: Log cumulative joules per device; default: when there are several.
+        sidecar: Keep the crash sidecar beside the checkpoints.
+        sidecar_interval_s: How often the sidecar is rewritten.
+        flush_interval_s: How often buffered MLflow points are sent.
+        max_lag_s: Step boundaries wait at most this long for a counter update.
+
+    Metrics: ``energy/joules`` (whole history), ``energy/step_joules``, ``energy/watts``,
+    ``energy/joules_per_token`` (when tokens are known), ``energy/joules/<device>``.
+    """
+
+    def __init__(
+        self,
+        meter: EnergyMeter | str = "auto",
+        *,
+        log_every_n_steps: int = 1,
+        tokens_per_batch: int | Callable[[Any], int] | None = None,
+        sync: str = "none",
+        log_per_device: bool | None = None,
+        sidecar: bool = True,
+        sidecar_interval_s: float = 1.0,
+        flush_interval_s: float = 1.0,
+        max_lag_s: float = 1.0,
+    ):
+        if isinstance(meter, str):
+            if meter not in METER_NAMES:
+                raise ValueError(f"meter must be one of {', '.join(METER_NAMES)} or an "
+                                 f"EnergyMeter; got {meter!r}")
+        elif not all(hasattr(meter, a) for a in ("method", "devices", "read", "close")):
+            raise TypeError("meter must have method, devices(), read() and close() "
+                            f"(the EnergyMeter protocol); got {type(meter).__name__}")
+        if isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int) \
+                or log_every_n_steps < 1:
+            raise ValueError(f"log_every_n_steps must be an int >= 1; got {log_every_n_steps!r}")
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}; got {sync!r}")
+        if tokens_per_batch is not None and not callable(tokens_per_batch) and (
+                isinstance(tokens_per_batch, bool) or not isinstance(tokens_per_batch, int)
+                or tokens_per_batch < 1):
+            raise ValueError("tokens_per_batch must be a positive int, a callable(batch) -> "
+                             f"int, or None; got {tokens_per_batch!r}")
+        for name, value in (("sidecar_interval_s", sidecar_interval_s),
+                            ("flush_interval_s", flush_interval_s), ("max_lag_s", max_lag_s)):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0; got {value!r}")
+        self.meter_spec = meter
+        self.log_every_n_steps = log_every_n_steps
+        self.sync = sync
+        self.log_per_device = log_per_device
+        self.use_sidecar = sidecar
+        self.sidecar_interval_s = sidecar_interval_s
+        self.flush_interval_s = flush_interval_s
+        self._count_tokens = token_counter(tokens_per_batch)
+        self.ledger = Ledger(max_lag_s=max_lag_s)
+        self.meter: EnergyMeter | None = None
+        self._owns_meter = False
+        self._reader: BridgingReader | None = None
+        self._trainer: pl.Trainer | None = None
+        self._loaded = False
+        self._sinks: list[Any] = []
+        self._sidecar: SidecarWriter | None = None
+        self._last_state: dict[str, Any] | None = None
+        self._pending_tokens: int | None = 0
+        self._last_global_step = 0
+        self._world = 1
+        self._rank = 0
+        self._local_labels: dict[str, str] = {}  # meter label -> ledger label
+        self._rank_labels: list[list[str]] = [[]]
+        self._excluded: set[str] = set()
+        self._baseline: list[Observation] = []
+        self._methods: dict[str, str] = {}
+        self._hardware: dict[str, Any] = {}
+        self._sidecar_base: dict[str, float] = {}
+        self._loaded_saved_unix: float | None = None
+        self._loaded_saved_at: str | None = None
+
+    # ------------------------------------------------------------------ set-up
+
+    @property
+    def state_key(self) -> str:
+        return "DepthCallback"
+
+    def _make_meter(self, trainer: pl.Trainer) -> EnergyMeter | None:
+        if not isinstance(self.meter_spec, str):
+            return self.meter_spec
+        local_rank = int(getattr(trainer, "local_rank", 0))
+        device = trainer.strategy.root_device
+        cpu = "auto" if local_rank == 0 else "off"  # CPU/DRAM once per node
+        self._owns_meter = True
+        try:
+            if self.meter_spec == "auto":
+                if device.type == "cuda":
+                    return auto_meter([device.index or 0], cpu=cpu)
+                return auto_meter(gpu="off", cpu=cpu)
+            return make_meter(self.meter_spec)
+        except MeterUnavailable as err:
+            if local_rank != 0 and cpu == "off":
+                return None  # a CPU-only rank on a node whose rank 0 meters the CPU
+            raise MeterUnavailable(f"depth: no energy meter for this run: {err}") from None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._trainer = trainer
+        self._world = int(trainer.world_size)
+        self._rank = int(trainer.global_rank)
+        local_rank = int(getattr(trainer, "local_rank", 0))
+        if self.meter is None:
+            self.meter = self._make_meter(trainer)
+        meter = self.meter
+        devices = list(meter.devices()) if meter is not None else []
+        if local_rank != 0 and not isinstance(self.meter_spec, str):
+            devices = [d for d in devices if not d.startswith(("cpu", "dram"))]
+        prefix = f"node{trainer.node_rank}/rank{self._rank}/" if self._world > 1 else ""
+        self._local_labels = {d: prefix + d for d in devices}
+        methods = getattr(meter, "methods", None)
+        local_methods = methods() if callable(methods) else {d: meter.method for d in devices}
+        hardware = dict(getattr(meter, "hardware", dict)()) if meter is not None else {}
+        uuids = {d: g.get("uuid") for g in hardware.get("gpus", []) for d in [g.get("device")]
+                 if d in self._local_labels}
+        info = {"labels": list(self._local_labels.values()),
+                "methods": {self._local_labels[d]: local_methods.get(d, "unknown")
+                            for d in devices},
+                "uuids": {self._local_labels[d]: u for d, u in uuids.items() if u},
+                "hardware": hardware, "node": int(trainer.node_rank), "host": platform.node()}
+        ranks = self._gather_object(info)
+        self._rank_labels = [r["labels"] for r in ranks]
+        self._excluded = self._shared_gpus(ranks)
+        self._methods = {d: m for r in ranks for d, m in r["methods"].items()
+                         if d not in self._excluded}
+        self._hardware = {"world_size": self._world, "num_nodes": int(trainer.num_nodes),
+                          "accelerator": trainer.strategy.root_device.type,
+                          "torch": str(torch.__version__),
+                          "ranks": [{"node": r["node"], "host": r["host"], **r["hardware"]}
+                                    for r in ranks]}
+        self._reader = BridgingReader(meter.read if meter is not None else dict, devices,
+                                      on_failure=self._warn)
+        self._baseline, _ = self._observe(tokens=None, collective=True)
+
+    def _shared_gpus(self, ranks: Sequence[Mapping[str, Any]]) -> set[str]:
+        """GPUs metered by two ranks (same UUID): counted once, on the lower rank."""
+        seen: dict[str, str] = {}
+        excluded: set[str] = set()
+        for r in ranks:
+            for label, uuid in r["uuids"].items():
+                if uuid in seen:
+                    excluded.add(label)
+                    if self._rank == 0:
+                        self._warn(f"{label} is the same GPU as {seen[uuid]} ({uuid}); two "
+                                   "ranks share it, so it is counted once")
+                else:
+                    seen[uuid] = label
+        return excluded
+
+    @staticmethod
+    def _warn(message: str) -> None:
+        warnings.warn(f"depth: {message}", stacklevel=2)
+
+    # ------------------------------------------------------------------ reading
+
+    def _gather_object(self, obj: Any) -> list[Any]:
+        if self._world == 1 or not torch.distributed.is_initialized():
+            return [obj]
+        out: list[Any] = [None] * self._world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def _read_local(self) -> tuple[float, dict[str, float]]:
+        assert self._reader is not None
+        t_s, values = self._reader.read()
+        return t_s, {self._local_labels[d]: v for d, v in values.items()}
+
+    def _observe(self, tokens: int | None, collective: bool) -> tuple[list[Observation], int | None]:
+        """Reads this rank's meter; with several ranks, gathers every rank's reading."""
+        t_s, values = self._read_local()
+        if self._world == 1 or not collective:
+            return [(t_s, values)], tokens
+        width = 2 + max(len(labels) for labels in self._rank_labels)
+        row = [t_s, math.nan if tokens is None else float(tokens),
+               *[values[label] for label in self._rank_labels[self._rank]]]
+        row += [math.nan] * (width - len(row))
+        assert self._trainer is not None
+        local = torch.tensor(row, dtype=torch.float64, device=self._trainer.strategy.root_device)
+        rows = self._trainer.strategy.all_gather(local).reshape(self._world, width).cpu().tolist()
+        observations: list[Observation] = []
+        total: int | None = 0
+        for rank, r in enumerate(rows):
+            labels = self._rank_labels[rank]
+            observations.append((r[0], {label: r[2 + i] for i, label in enumerate(labels)
+                                        if label not in self._excluded}))
+            total = None if (total is None or math.isnan(r[1])) else total + int(r[1])
+        return observations, total
+
+    def _synchronize(self) -> None:
+        assert self._trainer is not None
+        device = self._trainer.strategy.root_device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    # ------------------------------------------------------------------ training
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._reader is None:
+            return
+        if self._loaded and trainer.ckpt_path:
+            self._recover_wasted_work(Path(trainer.ckpt_path).parent)
+        self.ledger.begin(trainer.global_step, self._baseline, self._method(), self._hardware,
+                          self.sync)
+        self._last_global_step = trainer.global_step
+        self._pending_tokens = 0
+        own = self._baseline[self._rank if len(self._baseline) > 1 else 0][1]
+        self._sidecar_base = {d: self.ledger.history_devices[d] - v for d, v in own.items()
+                              if d not in self._excluded}
+        self._sinks = self._make_sinks(trainer) if trainer.is_global_zero else []
+        directory = self._checkpoint_dir(trainer)
+        if self.use_sidecar and directory is not None:
+            self._sidecar = SidecarWriter(sidecar_path(directory, self._rank),
+                                          self._sidecar_snapshot, self.sidecar_interval_s,
+                                          on_error=self._sidecar_failed)
+            self._sidecar.start()
+
+    def _method(self) -> str:
+        return "+".join(sorted(set(self._methods.values()))) or "none"
+
+    @staticmethod
+    def _checkpoint_dir(trainer: pl.Trainer) -> Path | None:
+        if trainer.ckpt_path:
+            return Path(trainer.ckpt_path).parent
+        callback = trainer.checkpoint_callback
+        dirpath = getattr(callback, "dirpath", None)
+        return Path(dirpath) if dirpath else None
+
+    def _make_sinks(self, trainer: pl.Trainer) -> list[Any]:
+        sinks: list[Any] = []
+        for logger in trainer.loggers:
+            if is_mlflow_logger(logger):
+                sinks.append(BufferedMetricWriter(logger.experiment, logger.run_id,
+                                                  self.flush_interval_s))
+            else:
+                sinks.append(_DirectSink(logger))
+        return sinks
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._reader is None or not self.ledger.is_open:
+            return
+        tokens = self._count_tokens(batch)
+        self._pending_tokens = (None if tokens is None or self._pending_tokens is None
+                                else self._pending_tokens + tokens)
+        step = trainer.global_step
+        if step == self._last_global_step:
+            return  # a gradient-accumulation micro-batch: no optimizer step yet
+        self._last_global_step = step
+        log = step % self.log_every_n_steps == 0
+        if self._world > 1 and not log:
+            return  # ranks are combined only at log points; tokens keep accumulating
+        if self.sync == "step" or (self.sync == "log" and log):
+            self._synchronize()
+        observations, tokens = self._observe(self._pending_tokens, collective=True)
+        self._pending_tokens = 0
+        self.ledger.step(step, observations, tokens, log=log)
+        self._emit(trainer)
+
+    def _emit(self, trainer: pl.Trainer) -> None:
+        points = self.ledger.pop_points()
+        if not points or not trainer.is_global_zero:
+            return
+        per_device = (self.log_per_device if self.log_per_device is not None
+                      else len(self._methods) > 1)
+        for point in points:
+            metrics = self._metrics(point, per_device)
+            for sink in self._sinks:
+                sink.log(metrics, point.step)
+
+    @staticmethod
+    def _metrics(point: Point, per_device: bool) -> dict[str, float]:
+        metrics = {"energy/joules": point.joules, "energy/step_joules": point.step_joules,
+                   "energy/watts": point.watts}
+        if point.joules_per_token is not None:
+            metrics["energy/joules_per_token"] = point.joules_per_token
+        if per_device:
+            metrics.update({f"energy/joules/{d}": j for d, j in point.devices.items()})
+        return metrics
+
+    def _flush(self) -> None:
+        for sink in self._sinks:
+            try:
+                sink.flush()
+            except Exception as err:  # a logger failing must not stop training
+                self._warn(f"flushing {type(sink).__name__} failed: {err}")
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.ledger.is_open:
+            if self.sync != "none":
+                self._synchronize()
+            observations, _ = self._observe(tokens=None, collective=True)
+            reading = {d: v for _, values in observations for d, v in values.items()}
+            state = self.ledger.state_dict(reading)
+            state["flags"] = self._flags()
+        else:
+            state = self.ledger.state_dict()
+            state["flags"] = self._flags()
+        state["saved_unix"] = time.time()
+        self._last_state = state
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.ledger.load_state_dict(state_dict)
+        self._loaded = True
+        self._loaded_saved_unix = state_dict.get("saved_unix")
+        self._loaded_saved_at = state_dict.get("saved_at")
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        if self._reader is None:
+            return
+        state = self._last_state if self._last_state is not None else self.state_dict()
+        self._last_state = None
+        digest = (weights_sha256(checkpoint["state_dict"])
+                  if trainer.is_global_zero and "state_dict" in checkpoint else None)
+        checkpoint[CHECKPOINT_KEY] = self.provenance(state, digest).to_dict()
+        self._flush()
+
+    def provenance(self, state: Mapping[str, Any], digest: str | None = None) -> Provenance:
+        """The record for a ledger state (as saved at a checkpoint)."""
+        return Provenance(
+            train_joules=state["train_joules"], optimizer_steps=state["optimizer_steps"],
+            train_tokens=state["tokens"], devices=dict(state["devices"]),
+            method=self._method(), segments=list(state["segments"]),
+            wasted_joules=state["wasted_joules"], weights_sha256=digest,
+            created=state["saved_at"], hardware=self._hardware, sync=self.sync,
+            flags=list(state.get("flags", [])))
+
+    def _flags(self) -> list[str]:
+        flags = list(self._reader.flags) if self._reader is not None else []
+        flags += list(getattr(self.meter, "flags", list)()) if self.meter is not None else []
+        if self._sidecar is not None and self._sidecar.failed:
+            flags.append(self._sidecar.failed)
+        return list(dict.fromkeys(flags))
+
+    # ------------------------------------------------------------------ crash safety
+
+    def _sidecar_snapshot(self) -> dict[str, Any]:
+        _, values = self._read_local()
+        return {"schema": 1, "lineage_id": self.ledger.lineage_id, "rank": self._rank,
+                "devices": {d: self._sidecar_base[d] + v for d, v in values.items()
+                            if d in self._sidecar_base},
+                "step": self._last_global_step, "method": self._method(),
+                "updated": utc_now(), "updated_unix": time.time()}
+
+    def _sidecar_failed(self, message: str) -> None:
+        self._warn(f"{message}; training goes on, the record says so")
+        self.ledger.add_flag(message)
+
+    def _recover_wasted_work(self, directory: Path) -> None:
+        """Energy spent after the resumed checkpoint by the run that wrote the sidecar."""
+        side = read_sidecar(sidecar_path(directory, self._rank))
+        own: dict[str, Any] = {"devices": {}, "step": None}
+        saved = self._loaded_saved_unix
+        if side is not None and side.get("lineage_id") == self.ledger.lineage_id:
+            own = {"devices": {d: float(j) - self.ledger.history_devices.get(d, 0.0)
+                               for d, j in side["devices"].items()},
+                   "step": side.get("step"), "updated": side.get("updated"),
+                   "updated_unix": side.get("updated_unix"), "method": side.get("method")}
+        ranks = self._gather_object(own)
+        devices = {d: j for r in ranks for d, j in r["devices"].items() if j > 0}
+        if not devices:
+            return
+        first = next(r for r in ranks if r["step"] is not None)
+        wall_s = max(0.0, (first.get("updated_unix") or 0.0) - saved) if saved else 0.0
+        self.ledger.add_wasted(
+            start_step=self.ledger.optimizer_steps, end_step=int(first["step"]),
+            devices=devices, wall_s=wall_s, started=self._loaded_saved_at or utc_now(),
+            ended=first.get("updated"), method=first.get("method") or self._method(),
+            note=(f"energy spent after the checkpoint at step {self.ledger.optimizer_steps} "
+                  f"by a run that did not continue from it (to step {first['step']}), "
+                  "recovered from the crash sidecar; at most ~1 s of it is missing"))
+
+    # ------------------------------------------------------------------ the end
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._reader is None or not self.ledger.is_open:
+            return
+        if self.sync != "none":
+            self._synchronize()
+        observations, _ = self._observe(tokens=None, collective=True)
+        self.ledger.end(observations, flags=self._flags())
+        self._emit(trainer)
+        self._flush()
+        if self._sidecar is not None:
+            self._sidecar.stop(final_write=True)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        self._flush()
+        if self._sidecar is not None:
+            self._sidecar.stop(final_write=True)
+            self._sidecar = None
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        for sink in self._sinks:
+            try:
+                sink.close()
+            except Exception as err:
+                self._warn(f"closing {type(sink).__name__} failed: {err}")
+        self._sinks = []
+        if self._sidecar is not None:
+            self._sidecar.stop(final_write=False)
+            self._sidecar = None
+        if self._owns_meter and self.meter is not None:
+            self.meter.close()
+            self.meter = None
+        self._reader = None
