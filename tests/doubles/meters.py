@@ -1,0 +1,51 @@
+"""Deterministic energy meters for callback tests (the hardware boundary, faked).
+
+`ClockMeter`: each device draws a constant power, so cumulative joules are power x time;
+with `update_s` the value refreshes only every `update_s` seconds, like NVML's counter.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+
+from depth.meters import MeterReadError
+
+
+class ClockMeter:
+    method = "test-clock"
+
+    def __init__(self, power_w: Mapping[str, float] | None = None, update_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic, uuids: Mapping[str, str] | None = None):
+        self.power_w = dict(power_w or {"gpu:0": 100.0})
+        self.update_s = update_s
+        self.clock = clock
+        self.t0 = clock()
+        self.uuids = dict(uuids or {})
+        self.fail: dict[str, str] = {}  # device -> reason: reads of it fail while set
+        self.closed = False
+        self.reads = 0
+
+    def devices(self) -> list[str]:
+        return list(self.power_w)
+
+    def elapsed_s(self) -> float:
+        t = self.clock() - self.t0
+        return math.floor(t / self.update_s) * self.update_s if self.update_s else t
+
+    def read(self) -> dict[str, float]:
+        self.reads += 1
+        t = self.elapsed_s()
+        values = {d: p * t for d, p in self.power_w.items()}
+        for device, reason in self.fail.items():
+            partial = {d: v for d, v in values.items() if d not in self.fail}
+            raise MeterReadError(device, reason, partial=partial)
+        return values
+
+    def hardware(self) -> dict[str, object]:
+        return {"gpus": [{"device": d, "uuid": u, "name": "test GPU"}
+                         for d, u in self.uuids.items()]}
+
+    def close(self) -> None:
+        self.closed = True
