@@ -1,17 +1,21 @@
-"""MLflow: metric points written in batches off the training thread.
+"""MLflow: metric points written in batches, off the training thread and process.
 
-One ``log_metric`` call costs ~5 ms on a SQLite store; one point per optimizer step at
-10 ms steps would make training ~1.5x slower. `BufferedMetricWriter` queues points and a
-daemon thread sends them with ``MlflowClient.log_batch`` (<= 1000 metrics per call, the
-MLflow limit) every `interval_s`, and on `flush`. mlflow is imported only where used.
+One ``log_metric`` call costs ~5 ms on a SQLite store, and even batched, MLflow's
+SQLAlchemy store spends ~0.3 ms of GIL-holding Python per metric row. One point per
+optimizer step at 10 ms steps is ~500 rows a second, so a writer *thread* would hold the
+GIL a quarter of the time. `MetricWriterProcess` ships points once a second to a separate
+process (`depth.metric_writer`) that calls ``MlflowClient.log_batch``;
+`BufferedMetricWriter` is the in-process fallback (a daemon thread). mlflow is imported
+only where used.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 MAX_METRICS_PER_BATCH = 1000
@@ -50,12 +54,16 @@ class BufferedMetricWriter:
 
     def log(self, metrics: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> None:
         """Queues one point per metric; returns at once."""
+        ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+        self.log_points([key, value, ts, step] for key, value in metrics.items())
+
+    def log_points(self, points: Iterable[Sequence[Any]]) -> None:
+        """Queues ``(key, value, timestamp_ms, step)`` points."""
         from mlflow.entities import Metric
 
-        ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
-        points = [Metric(key, float(value), ts, int(step)) for key, value in metrics.items()]
+        metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in points]
         with self._lock:
-            self._queue.extend(points)
+            self._queue.extend(metrics)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -82,9 +90,10 @@ class BufferedMetricWriter:
                 self.sent += len(chunk)
                 batch = batch[MAX_METRICS_PER_BATCH:]
 
-    def flush(self) -> None:
-        """Sends everything queued now, on the caller's thread (checkpoints, fit end)."""
+    def flush(self, wait: bool = True) -> bool:
+        """Sends everything queued now, on the caller's thread; True when nothing is left."""
         self._send()
+        return self.pending == 0
 
     @property
     def pending(self) -> int:
@@ -96,3 +105,180 @@ class BufferedMetricWriter:
         self._wake.set()
         self._thread.join(timeout=10)
         self._send()
+
+
+def tracking_uri_of(logger: Any) -> str:
+    """The tracking URI an ``MLFlowLogger`` writes to."""
+    uri = getattr(logger, "_tracking_uri", None)
+    if uri:
+        return str(uri)
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+class MetricWriterProcess:
+    """Sends metric points to a ``depth.metric_writer`` process, which writes to MLflow.
+
+    The training process only appends tuples to a list; a sender thread ships them once
+    per `interval_s` as a JSON line (a few hundred microseconds of work per second). Each
+    batch is kept until the writer acknowledges it; if the writer dies, unacknowledged
+    and queued points go to an in-process `BufferedMetricWriter`, so none are lost.
+
+    Args:
+        tracking_uri: The MLflow tracking URI of the run.
+        run_id: The run to write to.
+        interval_s: How often queued points are shipped.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, interval_s: float = 1.0):
+        import subprocess
+        import sys
+
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._queue: list[list[Any]] = []
+        self._unacked: dict[int, list[list[Any]]] = {}
+        self._seq = 0
+        self._failed: list[list[Any]] = []
+        self._fallback: BufferedMetricWriter | None = None
+        self.error: str | None = None
+        self.sent = 0
+        self._closing = False
+        self._wake = threading.Event()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "depth.metric_writer", tracking_uri, run_id],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, bufsize=1)
+        self._reader = threading.Thread(target=self._read_replies, name="depth-mlflow-acks",
+                                        daemon=True)
+        self._sender = threading.Thread(target=self._send_loop, name="depth-mlflow-send",
+                                        daemon=True)
+        self._reader.start()
+        self._sender.start()
+
+    def log(self, metrics: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> None:
+        """Queues one point per metric; returns at once."""
+        ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+        with self._lock:
+            self._queue.extend([key, float(value), ts, int(step)] for key, value in metrics.items())
+
+    # ------------------------------------------------------------------ threads
+
+    def _send_loop(self) -> None:
+        while not self._closing:
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            self._ship()
+
+    def _ship(self) -> None:
+        with self._lock:
+            if not self._queue:
+                return
+            batch, self._queue = self._queue, []
+            if self._fallback is not None:
+                self._fallback_log(batch)
+                return
+            self._seq += 1
+            seq = self._seq
+            self._unacked[seq] = batch
+        try:
+            assert self._proc.stdin is not None
+            self._proc.stdin.write(json.dumps({"seq": seq, "points": batch}) + "\n")
+            self._proc.stdin.flush()
+        except (OSError, ValueError):  # the writer is gone: its reader thread falls back
+            pass
+
+    def _read_replies(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                continue
+            with self._cond:
+                if "ack" in reply:
+                    self.sent += len(self._unacked.pop(reply["ack"], []))
+                elif "failed" in reply:
+                    self._failed.extend(self._unacked.pop(reply["failed"], []))
+                elif "error" in reply and self.error is None:
+                    self.error = reply["error"]
+                    warnings.warn(f"depth: MLflow at {self.tracking_uri} refused metrics "
+                                  f"({self.error}); retrying", stacklevel=2)
+                self._cond.notify_all()
+        # End of output: the writer exited. Anything not acknowledged is written here.
+        with self._cond:
+            if not self._closing and self.error is None:
+                self.error = "metric writer process exited"
+            if self._unacked or self._queue or not self._closing:
+                self._start_fallback()
+            self._cond.notify_all()
+
+    def _start_fallback(self) -> None:
+        """Called with the lock held: route everything through an in-process writer."""
+        if self._fallback is None:
+            from mlflow import MlflowClient
+
+            self._fallback = BufferedMetricWriter(MlflowClient(self.tracking_uri), self.run_id,
+                                                  self.interval_s)
+        leftovers = [p for seq in sorted(self._unacked) for p in self._unacked[seq]]
+        leftovers += self._queue
+        self._unacked.clear()
+        self._queue = []
+        self._fallback_log(leftovers)
+
+    def _fallback_log(self, points: list[list[Any]]) -> None:
+        assert self._fallback is not None
+        self._fallback.log_points(points)
+
+    # ------------------------------------------------------------------ control
+
+    def flush(self, wait: bool = False, timeout_s: float = 60.0) -> bool:
+        """Ships what is queued; with `wait`, returns once all of it is stored (or timeout)."""
+        self._ship()
+        if self._fallback is not None:
+            self._fallback.flush()
+        if not wait:
+            return True
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._unacked and self._fallback is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.5))
+        if self._fallback is not None:
+            self._fallback.flush()
+            return self._fallback.pending == 0
+        return True
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            fallback = self._fallback.pending if self._fallback is not None else 0
+            return (len(self._queue) + sum(len(b) for b in self._unacked.values())
+                    + len(self._failed) + fallback)
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Writes everything (waiting up to `timeout_s`), then stops the writer process."""
+        self.flush(wait=True, timeout_s=timeout_s)
+        self._closing = True
+        self._wake.set()
+        try:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self._proc.wait(timeout=timeout_s)
+        except Exception:
+            self._proc.kill()
+        self._reader.join(timeout=5)
+        if self._fallback is not None:
+            self._fallback.close()
+        if self._failed:
+            warnings.warn(f"depth: {len(self._failed)} metric points could not be written to "
+                          f"{self.tracking_uri} ({self.error})", stacklevel=2)
