@@ -106,11 +106,13 @@ def test_tokens_option_and_no_guess_without_token_tensor(tmp_path):
     assert cb.ledger.state_dict()["tokens"] is None
 
 
-def test_mlflow_points_are_buffered_and_all_arrive(tmp_path):
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_mlflow_points_are_buffered_and_all_arrive(tmp_path, writer):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     logger = MLFlowLogger(experiment_name="depth-test", tracking_uri=uri,
                           artifact_location=str(tmp_path / "artifacts"))
-    trainer = pl.Trainer(callbacks=[DepthCallback(ClockMeter())], logger=logger,
+    callback = DepthCallback(ClockMeter(), mlflow_writer=writer)
+    trainer = pl.Trainer(callbacks=[callback], logger=logger,
                          default_root_dir=tmp_path, max_epochs=1, **QUIET)
     trainer.fit(TinyLM(), loader(n=40))
     history = logger.experiment.get_metric_history(logger.run_id, "energy/joules")
@@ -139,6 +141,12 @@ def test_checkpoint_carries_the_record(tmp_path):
     assert record["segments"][0]["kind"] == "fit" and record["segments"][0]["end_step"] == 10
     assert record["weights_sha256"] == weights_sha256(checkpoint["state_dict"])
     assert provenance_from_checkpoint(path).train_joules == record["train_joules"]
+    # a save after fit (a common last line) carries the finished history too
+    trainer.save_checkpoint(tmp_path / "final.ckpt")
+    final = provenance_from_checkpoint(tmp_path / "final.ckpt")
+    assert final.train_joules == pytest.approx(cb.ledger.history_j)
+    assert final.train_joules >= record["train_joules"]
+    assert final.segments[0]["ended"] is not None
     assert Provenance.from_dict(record).to_dict()["train_kwh"] == pytest.approx(
         record["train_joules"] / 3.6e6)
 
@@ -183,7 +191,8 @@ def test_meter_failure_mid_run_warns_once_bridges_and_flags(tmp_path):
      ({"log_every_n_steps": 0}, "log_every_n_steps must be an int >= 1"),
      ({"sync": "always"}, "sync must be one of none, log, step"),
      ({"tokens_per_batch": -3}, "tokens_per_batch must be"),
-     ({"sidecar_interval_s": 0}, "sidecar_interval_s must be > 0")])
+     ({"sidecar_interval_s": 0}, "sidecar_interval_s must be > 0"),
+     ({"mlflow_writer": "fast"}, "mlflow_writer must be one of auto, process, thread")])
 def test_bad_options_fail_at_construction_naming_the_option(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         DepthCallback(**kwargs)
