@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from depth.meters.estimate import CpuLoad, EstimateMeter, cpu_power_w
+from tests.blocking import read_returns_while_sampler_is_stuck, stuck_sampler
 
 
 def test_cpu_power_follows_codecarbon_machine_curve():
@@ -49,19 +49,14 @@ def test_integrates_injected_load_exactly():
 
 
 def test_read_does_not_wait_for_the_load_measurement():
-    inside, release = threading.Event(), threading.Event()
+    block, inside, release = stuck_sampler()
 
     def slow_load() -> float:
-        inside.set()
-        release.wait(5)
+        block()
         return 0.5
 
     meter = EstimateMeter(tdp_w=50.0, ram_power_w=5.0, cpu_load=slow_load)
-    meter.read()
-    assert inside.wait(2)
-    done = threading.Event()
-    threading.Thread(target=lambda: (meter.read(), done.set()), daemon=True).start()
-    assert done.wait(2), "read() blocked behind the load sampler"
+    assert read_returns_while_sampler_is_stuck(meter.read, inside), "read() blocked"
     release.set()
     meter.close()
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from depth.meters import CounterNotSupported, MeterReadError, MeterUnavailable
 from depth.meters.nvml import NvmlCounterMeter, NvmlPowerMeter, parse_visible_devices
+from tests.blocking import read_returns_while_sampler_is_stuck, stuck_sampler
 from tests.doubles.pynvml_double import FakeGpu, FakeNvml, gpus
 
 
@@ -147,24 +147,17 @@ def test_power_meter_starts_lazily_samples_at_10hz_or_more_and_stops_on_close():
 
 
 def test_power_meter_read_never_waits_for_a_slow_sample():
-    gpu = FakeGpu(energy_mj=None)
-    nvml = FakeNvml([gpu])
+    nvml = FakeNvml([FakeGpu(energy_mj=None)])
     meter = NvmlPowerMeter(nvml=nvml, visible_devices=None)
-    release = threading.Event()
-    inside = threading.Event()
-    slow = nvml.nvmlDeviceGetFieldValues
+    block, inside, release = stuck_sampler()
+    real = nvml.nvmlDeviceGetFieldValues
 
     def stuck(handle, ids):
-        inside.set()
-        release.wait(5)
-        return slow(handle, ids)
+        block()
+        return real(handle, ids)
 
     nvml.nvmlDeviceGetFieldValues = stuck  # the sampler thread now blocks in NVML
-    meter.read()
-    assert inside.wait(2)
-    done = threading.Event()
-    threading.Thread(target=lambda: (meter.read(), done.set()), daemon=True).start()
-    assert done.wait(2), "read() blocked behind the sampler"
+    assert read_returns_while_sampler_is_stuck(meter.read, inside), "read() blocked"
     release.set()
     meter.close()
 

@@ -43,22 +43,16 @@ def find_zones(root: Path = POWERCAP_ROOT, include_dram: bool = True) -> list[Ra
     """
     if not root.is_dir():
         raise MeterUnavailable(f"RAPL: {root} does not exist (no Linux powercap interface here)")
-    package_of: dict[str, str] = {}  # top-level zone id -> package number
+    named = []  # (zone dir, id parts, zone name), read once
+    for zone_dir in sorted(root.glob("intel-rapl:*")):
+        try:
+            named.append((zone_dir, zone_dir.name.split(":"), _read_text(zone_dir / "name")))
+        except OSError:
+            continue
+    package_of = {parts[1]: name.removeprefix("package-") for _, parts, name in named
+                  if len(parts) == 2 and name.startswith("package-")}  # zone id -> package
     zones: list[RaplZone] = []
-    for zone_dir in sorted(root.glob("intel-rapl:*")):
-        parts = zone_dir.name.split(":")
-        try:
-            name = _read_text(zone_dir / "name")
-        except OSError:
-            continue
-        if len(parts) == 2 and name.startswith("package-"):
-            package_of[parts[1]] = name.removeprefix("package-")
-    for zone_dir in sorted(root.glob("intel-rapl:*")):
-        parts = zone_dir.name.split(":")
-        try:
-            name = _read_text(zone_dir / "name")
-        except OSError:
-            continue
+    for zone_dir, parts, name in named:
         package = package_of.get(parts[1], parts[1])
         if len(parts) == 2 and name.startswith("package-"):
             label = f"cpu:{package}"
