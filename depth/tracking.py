@@ -263,8 +263,13 @@ class MetricWriterProcess:
                     + len(self._failed) + fallback)
 
     def close(self, timeout_s: float = 60.0) -> None:
-        """Writes everything (waiting up to `timeout_s`), then stops the writer process."""
-        self.flush(wait=True, timeout_s=timeout_s)
+        """Writes everything (waiting up to `timeout_s`), then lets the writer process go.
+
+        Once every batch is acknowledged nothing is left to wait for: the process exits
+        on end of input by itself, and its interpreter shutdown (~1-2 s with SQLAlchemy)
+        is not the trainer's to wait for.
+        """
+        stored = self.flush(wait=True, timeout_s=timeout_s)
         self._closing = True
         self._wake.set()
         try:
@@ -272,11 +277,12 @@ class MetricWriterProcess:
             self._proc.stdin.close()
         except OSError:
             pass
-        try:
-            self._proc.wait(timeout=timeout_s)
-        except Exception:
-            self._proc.kill()
-        self._reader.join(timeout=5)
+        if not stored or self._fallback is not None:
+            try:
+                self._proc.wait(timeout=timeout_s)
+            except Exception:
+                self._proc.kill()
+            self._reader.join(timeout=5)
         if self._fallback is not None:
             self._fallback.close()
         if self._failed:
