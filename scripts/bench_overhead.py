@@ -98,9 +98,10 @@ class CodeCarbonPerStep(Callback):
 class NaiveMlflowPerStep(Callback):
     """Reads a meter every step and logs synchronously through the Lightning logger."""
 
-    def __init__(self) -> None:
+    def __init__(self, tokens_per_step: int) -> None:
         self.meter: Any = None
         self.last = 0.0
+        self.tokens_per_step = tokens_per_step
 
     def setup(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
         from depth.meters import auto_meter
@@ -114,7 +115,7 @@ class NaiveMlflowPerStep(Callback):
         step_j = joules - self.last
         trainer.logger.log_metrics({"energy/joules": joules, "energy/step_joules": step_j,
                                     "energy/watts": step_j / max(t - self.t0, 1e-9),
-                                    "energy/joules_per_token": step_j / (BATCH * SEQ)},
+                                    "energy/joules_per_token": step_j / self.tokens_per_step},
                                    step=trainer.global_step)
         self.last, self.t0 = joules, t
 
@@ -122,13 +123,13 @@ class NaiveMlflowPerStep(Callback):
         self.meter.close()
 
 
-def data(steps: int) -> DataLoader:
+def data(steps: int, batch: int = BATCH) -> DataLoader:
     g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, VOCAB, (steps * BATCH, SEQ + 1), generator=g)
-    return DataLoader(TensorDataset(tokens[:, :-1], tokens[:, 1:]), batch_size=BATCH)
+    tokens = torch.randint(0, VOCAB, (steps * batch, SEQ + 1), generator=g)
+    return DataLoader(TensorDataset(tokens[:, :-1], tokens[:, 1:]), batch_size=batch)
 
 
-def run(variant: str, steps: int, store: Path) -> dict[str, float]:
+def run(variant: str, steps: int, store: Path, batch: int = BATCH) -> dict[str, float]:
     from pytorch_lightning.loggers import MLFlowLogger
 
     from depth import DepthCallback
@@ -141,7 +142,7 @@ def run(variant: str, steps: int, store: Path) -> dict[str, float]:
         "baseline-nolog": lambda: [],
         "depth-nolog": lambda: [DepthCallback()],
         "codecarbon-task": lambda: [CodeCarbonPerStep()],
-        "naive-mlflow": lambda: [NaiveMlflowPerStep()],
+        "naive-mlflow": lambda: [NaiveMlflowPerStep(batch * SEQ)],
     }[variant]()
     timer = LoopTimer()
     logger: Any = False if variant.endswith("-nolog") else MLFlowLogger(
@@ -152,7 +153,7 @@ def run(variant: str, steps: int, store: Path) -> dict[str, float]:
                          enable_model_summary=False, accelerator="cpu", devices=1)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    trainer.fit(TokenMLP(), data(steps))
+    trainer.fit(TokenMLP(), data(steps, batch))
     fit_s = time.perf_counter() - t0
     return {"loop_s": timer.end - timer.start, "fit_s": fit_s}
 
@@ -162,21 +163,25 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--variants", default="baseline,depth,codecarbon-task,naive-mlflow")
+    parser.add_argument("--batch", type=int, default=BATCH, help="sequences per step")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="torch intra-op threads (0: torch's default, every core)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     variants = args.variants.split(",")
     warnings.filterwarnings("ignore")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    torch.set_num_threads(torch.get_num_threads())
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp)
-        run("baseline", 20, store)  # warm-up: imports, store creation
+        run("baseline", 20, store, args.batch)  # warm-up: imports, store creation
         for r in range(args.repeats):
             order = variants[r % len(variants):] + variants[:r % len(variants)]
             for variant in order:
-                results[variant].append(run(variant, args.steps, store))
+                results[variant].append(run(variant, args.steps, store, args.batch))
                 print(f"repeat {r + 1}/{args.repeats} {variant:<16} "
                       f"loop {results[variant][-1]['loop_s']:.3f} s", file=sys.stderr)
     base = statistics.median(x["loop_s"] for x in results[variants[0]])
@@ -189,7 +194,7 @@ def main() -> int:
                      "runs": results[variant]})
     out = {"date": date.today().isoformat(), "machine": platform.node(),
            "processor": platform.processor() or platform.machine(),
-           "torch_threads": torch.get_num_threads(), "steps": args.steps,
+           "torch_threads": torch.get_num_threads(), "batch": args.batch, "steps": args.steps,
            "repeats": args.repeats,
            "command": "python scripts/bench_overhead.py " + " ".join(sys.argv[1:]), "rows": rows}
     if args.json:
