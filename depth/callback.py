@@ -414,7 +414,7 @@ class DepthCallback(Callback):
         self._last_state = None
         digest = (weights_sha256(checkpoint["state_dict"])
                   if trainer.is_global_zero and "state_dict" in checkpoint else None)
-        checkpoint[CHECKPOINT_KEY] = self.provenance(state, digest).to_dict()
+        checkpoint[CHECKPOINT_KEY] = self.provenance(state, digest).sealed()
         self._flush()
 
     def provenance(self, state: Mapping[str, Any], digest: str | None = None) -> Provenance:

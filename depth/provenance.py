@@ -8,6 +8,7 @@ be checked against the weights it describes.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +43,13 @@ def weights_sha256(state_dict: Mapping[str, Any]) -> str:
     return digest.hexdigest()
 
 
+def record_sha256(record: Mapping[str, Any]) -> str:
+    """Digest of a record's canonical JSON (sorted keys), its own digest field left out."""
+    body = {k: v for k, v in record.items() if k != "record_sha256"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 @dataclass
 class Provenance:
     """How much energy produced a model's weights, and how that was measured.
@@ -62,6 +70,8 @@ class Provenance:
         sync: CUDA synchronization mode at step boundaries (``none``, ``log``, ``step``).
         attribution: How per-step joules were attributed.
         flags: Anything bridged or estimated mid-run, one line each.
+        record_sha256: Digest of the rest of the record (see `record_sha256`), set by
+            `sealed`; an edited record no longer matches it.
     """
 
     train_joules: float
@@ -79,6 +89,7 @@ class Provenance:
     attribution: str = ATTRIBUTION
     flags: list[str] = field(default_factory=list)
     schema: str = SCHEMA
+    record_sha256: str | None = None
 
     @property
     def train_kwh(self) -> float:
@@ -87,6 +98,12 @@ class Provenance:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["train_kwh"] = self.train_kwh
+        return data
+
+    def sealed(self) -> dict[str, Any]:
+        """`to_dict` with ``record_sha256`` set over everything else: what checkpoints carry."""
+        data = self.to_dict()
+        data["record_sha256"] = record_sha256(data)
         return data
 
     @classmethod
@@ -103,15 +120,16 @@ class Provenance:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def provenance_from_checkpoint(path: str | Path) -> Provenance:
-    """The record embedded in a Lightning checkpoint file.
+def provenance_from_checkpoint(path: str | Path, trust: bool = False) -> Provenance:
+    """The record embedded in a Lightning checkpoint file (loaded without running code).
 
     Raises:
-        ValueError: The file has no depth record.
+        OSError: Missing or unreadable file.
+        ValueError: Truncated, not a checkpoint, or no depth record.
     """
-    import torch
+    from depth.checkpoint_io import load_checkpoint
 
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(Path(path), trust)
     if CHECKPOINT_KEY not in checkpoint:
         raise ValueError(f"{path} carries no depth record (checkpoint['{CHECKPOINT_KEY}'])")
     return Provenance.from_dict(checkpoint[CHECKPOINT_KEY])

@@ -1,0 +1,53 @@
+"""Does a checkpoint still match its energy record? Tamper evidence without secrets.
+
+Two digests are checked: ``weights_sha256`` (the saved state_dict, recomputed here) and
+``record_sha256`` (the record itself). Checkpoints are loaded with
+``torch.load(weights_only=True)``: a checkpoint being verified is not yet trusted, so no
+code in it runs unless the caller says so (`trust`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from depth.checkpoint_io import load_checkpoint
+from depth.provenance import CHECKPOINT_KEY, record_sha256, weights_sha256
+
+OK, MISMATCH, UNREADABLE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The exit status (0 match, 1 mismatch, 2 unreadable) and a one-line reason."""
+
+    status: int
+    reason: str
+
+
+def verify_checkpoint(path: str | Path, trust: bool = False) -> Verdict:
+    """Checks the weights and the record of a checkpoint against their digests."""
+    path = Path(path)
+    try:
+        checkpoint = load_checkpoint(path, trust)
+    except (OSError, ValueError) as err:
+        return Verdict(UNREADABLE, str(err))
+    record = checkpoint.get(CHECKPOINT_KEY)
+    if not isinstance(record, dict):
+        return Verdict(MISMATCH, f"{path} carries no depth record (checkpoint['{CHECKPOINT_KEY}'])")
+    expected_record = record.get("record_sha256")
+    if not expected_record:
+        return Verdict(MISMATCH, f"{path}: the record has no record_sha256 to check it against")
+    if record_sha256(record) != expected_record:
+        return Verdict(MISMATCH, f"{path}: the record was edited after it was written "
+                                 "(record_sha256 does not match its content)")
+    state_dict = checkpoint.get("state_dict")
+    if not isinstance(state_dict, dict):
+        return Verdict(MISMATCH, f"{path} has no state_dict to check the weights against")
+    actual = weights_sha256(state_dict)
+    if actual != record.get("weights_sha256"):
+        return Verdict(MISMATCH, f"{path}: the weights changed since the record was written "
+                                 f"(sha256 {actual[:12]}... != {str(record.get('weights_sha256'))[:12]}...)")
+    return Verdict(OK, f"{path}: weights and record match ({record.get('train_joules', 0):.6g} J "
+                       f"over {record.get('optimizer_steps')} optimizer steps, "
+                       f"method {record.get('method')})")
