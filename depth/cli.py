@@ -173,9 +173,76 @@ def _print_reading(result: dict[str, Any]) -> None:
               " not measurements.")
 
 
+# ----------------------------------------------------------------------------- verify
+
+def _declare_verify(p: ArgumentParser) -> None:
+    p.add_argument("checkpoint", type=str, help="A Lightning checkpoint file with a depth record.")
+    p.add_argument("--trust", action="store_true",
+                   help="Load Python objects stored in the file (runs code from it).")
+
+
+def run_verify(args: Namespace) -> int:
+    """`depth verify`: 0 when weights and record match, 1 on a mismatch, 2 if unreadable."""
+    from depth.verify import verify_checkpoint
+
+    verdict = verify_checkpoint(args.checkpoint, trust=args.trust)
+    stream = sys.stdout if verdict.status == 0 else sys.stderr
+    print(("OK " if verdict.status == 0 else "FAILED ") + verdict.reason, file=stream)
+    return verdict.status
+
+
+# ----------------------------------------------------------------------------- provenance
+
+def _declare_provenance(p: ArgumentParser) -> None:
+    p.add_argument("source", type=str, help="A Lightning checkpoint file with a depth record.")
+    p.add_argument("--json", action="store_true", help="Print the record as JSON.")
+    p.add_argument("--trust", action="store_true",
+                   help="Load Python objects stored in the file (runs code from it).")
+
+
+def run_provenance(args: Namespace) -> int:
+    """`depth provenance`: the energy record of a checkpoint, as a table or JSON."""
+    from depth.provenance import provenance_from_checkpoint
+
+    try:
+        record = provenance_from_checkpoint(args.source, trust=args.trust)
+    except (OSError, ValueError) as err:
+        print(f"depth provenance: {err}", file=sys.stderr)
+        return 2
+    data = record.to_dict()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    tokens = "unknown" if record.train_tokens is None else f"{record.train_tokens:,}"
+    rows = [("train energy", f"{record.train_joules:,.1f} J ({record.train_kwh:.6g} kWh)"),
+            ("optimizer steps", f"{record.optimizer_steps:,}"), ("training tokens", tokens),
+            ("wasted (included)", f"{record.wasted_joules:,.1f} J"), ("method", record.method),
+            ("sync", record.sync), ("weights sha256", record.weights_sha256 or "-"),
+            ("created", record.created), ("schema", record.schema)]
+    print(f"depth provenance: {args.source}")
+    for name, value in rows:
+        print(f"  {name:<18} {value}")
+    print("devices")
+    for device, joules in record.devices.items():
+        print(f"  {device:<24} {joules:>14,.1f} J")
+    print("segments")
+    print(f"  {'kind':<7} {'steps':>13} {'joules':>14} {'wall s':>9}  {'started':<26} method")
+    for seg in record.segments:
+        steps = f"{seg['start_step']}-{seg['end_step']}"
+        print(f"  {seg['kind']:<7} {steps:>13} {seg['joules']:>14,.1f} {seg['wall_s']:>9.1f}  "
+              f"{seg['started']:<26} {seg['method']}")
+    for flag in record.flags:
+        print(f"  note: {flag}")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "meters": Command("List energy sources found and rejected, then read them.",
                       _declare_meters, run_meters),
+    "verify": Command("Check that a checkpoint's weights and energy record match.",
+                      _declare_verify, run_verify),
+    "provenance": Command("Show the energy record of a checkpoint.",
+                          _declare_provenance, run_provenance),
 }
 
 
