@@ -156,6 +156,7 @@ class DepthCallback(Callback):
         self._sidecar_base: dict[str, float] = {}
         self._loaded_saved_unix: float | None = None
         self._loaded_saved_at: str | None = None
+        self.logged_models: list[tuple[int, str]] = []  # (step, MLflow LoggedModel id)
 
     # ------------------------------------------------------------------ set-up
 
@@ -414,7 +415,12 @@ class DepthCallback(Callback):
         self._last_state = None
         digest = (weights_sha256(checkpoint["state_dict"])
                   if trainer.is_global_zero and "state_dict" in checkpoint else None)
-        checkpoint[CHECKPOINT_KEY] = self.provenance(state, digest).sealed()
+        record = self.provenance(state, digest).sealed()
+        checkpoint[CHECKPOINT_KEY] = record
+        for sink in self._sinks:  # MLflow: run tags, provenance artifact, a LoggedModel
+            publish = getattr(sink, "publish_checkpoint", None)
+            if callable(publish):
+                publish(record, step=int(state["optimizer_steps"]))
         self._flush()
 
     def provenance(self, state: Mapping[str, Any], digest: str | None = None) -> Provenance:
@@ -501,6 +507,7 @@ class DepthCallback(Callback):
                 sink.close()
             except Exception as err:
                 self._warn(f"closing {type(sink).__name__} failed: {err}")
+            self.logged_models.extend(getattr(sink, "models", []))
         self._sinks = []
         if self._sidecar is not None:
             self._sidecar.stop(final_write=False)

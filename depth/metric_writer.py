@@ -1,10 +1,12 @@
 """The MLflow metric writer process: ``python -m depth.metric_writer URI RUN_ID``.
 
 Reads JSON lines on stdin, one batch each: ``{"seq": N, "points": [[key, value,
-timestamp_ms, step], ...]}``, writes them with ``MlflowClient.log_batch`` (at most 1000
-metrics per call) and answers ``{"ack": N}`` on stdout once batch N is stored, or
-``{"error": "..."}`` (and retries) when the store refuses. End of input (the trainer
-finished, or died) means: write what is left and exit.
+timestamp_ms, step], ...], "checkpoints": [{"record": {...}, "step": S}, ...]}``, writes
+the points with ``MlflowClient.log_batch`` (at most 1000 metrics per call), publishes each
+checkpoint's record (`depth.mlflow_publish.publish_checkpoint`), and answers
+``{"ack": N, "models": [[S, model_id], ...]}`` on stdout once batch N is stored, or
+``{"error": "..."}`` while retrying and ``{"failed": N}`` after RETRY_S. End of input (the
+trainer finished, or died) means: write what is left and exit.
 
 Why a process: MLflow's SQLAlchemy store spends ~0.3 ms of Python per metric row; a
 thread in the training process would hold the GIL for a quarter of every second at one
@@ -17,6 +19,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 
 MAX_METRICS_PER_BATCH = 1000
 RETRY_S = 30.0  # per batch; then it is reported as failed and the trainer keeps it
@@ -25,6 +28,21 @@ RETRY_S = 30.0  # per batch; then it is reported as failed and the trainer keeps
 def _send(obj: dict) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
+
+
+def _with_retry(write: Callable[[], object]) -> bool:
+    """Runs `write`, retrying with backoff for up to RETRY_S; False if it never succeeded."""
+    delay, give_up = 0.5, time.monotonic() + RETRY_S
+    while True:
+        try:
+            write()
+            return True
+        except Exception as err:  # store busy or unreachable: say so, retry
+            _send({"error": f"{type(err).__name__}: {err}".splitlines()[0]})
+            if time.monotonic() > give_up:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,27 +58,26 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
+    from depth.mlflow_publish import publish_checkpoint
+
     client = MlflowClient(tracking_uri=uri)
     _send({"ready": True})
     for line in sys.stdin:
         message = json.loads(line)
-        remaining = [Metric(k, float(v), int(ts), int(step))
-                     for k, v, ts, step in message["points"]]
-        delay, give_up = 0.5, time.monotonic() + RETRY_S
-        while remaining:
-            try:
-                client.log_batch(run_id, metrics=remaining[:MAX_METRICS_PER_BATCH])
-            except Exception as err:  # store busy or unreachable: say so, retry with backoff
-                _send({"error": f"{type(err).__name__}: {err}".splitlines()[0]})
-                if time.monotonic() > give_up:
-                    _send({"failed": message["seq"]})
-                    break
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            remaining = remaining[MAX_METRICS_PER_BATCH:]
-        else:
-            _send({"ack": message["seq"]})
+        metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in message["points"]]
+        chunks = [metrics[i:i + MAX_METRICS_PER_BATCH]
+                  for i in range(0, len(metrics), MAX_METRICS_PER_BATCH)]
+        stored = all(_with_retry(lambda c=c: client.log_batch(run_id, metrics=c))
+                     for c in chunks)
+        models = []
+        for event in message.get("checkpoints", []) if stored else []:
+            result: list[str] = []
+            stored = _with_retry(lambda e=event: result.append(
+                publish_checkpoint(client, run_id, e["record"], e["step"])))
+            if not stored:
+                break
+            models.append([event["step"], result[0]])
+        _send({"ack": message["seq"], "models": models} if stored else {"failed": message["seq"]})
     return 0
 
 

@@ -43,6 +43,8 @@ class BufferedMetricWriter:
         self.run_id = run_id
         self.interval_s = interval_s
         self._queue: list[Any] = []
+        self._checkpoints: list[tuple[dict[str, Any], int]] = []
+        self.models: list[tuple[int, str]] = []  # (step, LoggedModel id) per checkpoint
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._wake = threading.Event()
@@ -65,6 +67,12 @@ class BufferedMetricWriter:
         with self._lock:
             self._queue.extend(metrics)
 
+    def publish_checkpoint(self, record: Mapping[str, Any], step: int) -> None:
+        """Queues a checkpoint's record for the run tags, artifact and a LoggedModel."""
+        with self._lock:
+            self._checkpoints.append((dict(record), int(step)))
+        self._wake.set()
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(self.interval_s)
@@ -72,6 +80,34 @@ class BufferedMetricWriter:
             self._send()
 
     def _send(self) -> None:
+        self._send_metrics()
+        self._send_checkpoints()
+
+    def _send_checkpoints(self) -> None:
+        from depth.mlflow_publish import publish_checkpoint
+
+        with self._send_lock:
+            while True:
+                with self._lock:
+                    if not self._checkpoints:
+                        return
+                    record, step = self._checkpoints[0]
+                try:
+                    model_id = publish_checkpoint(self._client, self.run_id, record, step)
+                except Exception as err:  # kept for the next attempt; said once
+                    self._warn_once(err)
+                    return
+                with self._lock:
+                    self._checkpoints.pop(0)
+                    self.models.append((step, model_id))
+
+    def _warn_once(self, err: BaseException) -> None:
+        if self.error is None:
+            self.error = f"{type(err).__name__}: {err}".splitlines()[0]
+            warnings.warn(f"depth: MLflow writes failed ({self.error}); kept in memory and "
+                          "retried", stacklevel=3)
+
+    def _send_metrics(self) -> None:
         with self._send_lock:
             with self._lock:
                 batch, self._queue = self._queue, []
@@ -82,10 +118,7 @@ class BufferedMetricWriter:
                 except Exception as err:  # keep the points; say so once
                     with self._lock:
                         self._queue[:0] = batch
-                    if self.error is None:
-                        self.error = f"{type(err).__name__}: {err}".splitlines()[0]
-                        warnings.warn(f"depth: MLflow metrics not written yet ({self.error}); "
-                                      "kept in memory and retried", stacklevel=2)
+                    self._warn_once(err)
                     return
                 self.sent += len(chunk)
                 batch = batch[MAX_METRICS_PER_BATCH:]
@@ -98,7 +131,7 @@ class BufferedMetricWriter:
     @property
     def pending(self) -> int:
         with self._lock:
-            return len(self._queue)
+            return len(self._queue) + len(self._checkpoints)
 
     def close(self) -> None:
         self._stop.set()
@@ -141,9 +174,12 @@ class MetricWriterProcess:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queue: list[list[Any]] = []
-        self._unacked: dict[int, list[list[Any]]] = {}
+        self._checkpoints: list[dict[str, Any]] = []
+        self._unacked: dict[int, tuple[list[list[Any]], list[dict[str, Any]]]] = {}
         self._seq = 0
         self._failed: list[list[Any]] = []
+        self._failed_checkpoints: list[dict[str, Any]] = []
+        self.models: list[tuple[int, str]] = []  # (step, LoggedModel id) per checkpoint
         self._fallback: BufferedMetricWriter | None = None
         self.error: str | None = None
         self.sent = 0
@@ -166,6 +202,12 @@ class MetricWriterProcess:
         with self._lock:
             self._queue.extend([key, float(value), ts, int(step)] for key, value in metrics.items())
 
+    def publish_checkpoint(self, record: Mapping[str, Any], step: int) -> None:
+        """Queues a checkpoint's record for the run tags, artifact and a LoggedModel."""
+        with self._lock:
+            self._checkpoints.append({"record": dict(record), "step": int(step)})
+        self._wake.set()
+
     # ------------------------------------------------------------------ threads
 
     def _send_loop(self) -> None:
@@ -176,18 +218,20 @@ class MetricWriterProcess:
 
     def _ship(self) -> None:
         with self._lock:
-            if not self._queue:
+            if not self._queue and not self._checkpoints:
                 return
             batch, self._queue = self._queue, []
+            checkpoints, self._checkpoints = self._checkpoints, []
             if self._fallback is not None:
-                self._fallback_log(batch)
+                self._fallback_log(batch, checkpoints)
                 return
             self._seq += 1
             seq = self._seq
-            self._unacked[seq] = batch
+            self._unacked[seq] = (batch, checkpoints)
         try:
             assert self._proc.stdin is not None
-            self._proc.stdin.write(json.dumps({"seq": seq, "points": batch}) + "\n")
+            self._proc.stdin.write(json.dumps({"seq": seq, "points": batch,
+                                               "checkpoints": checkpoints}) + "\n")
             self._proc.stdin.flush()
         except (OSError, ValueError):  # the writer is gone: its reader thread falls back
             pass
@@ -201,9 +245,13 @@ class MetricWriterProcess:
                 continue
             with self._cond:
                 if "ack" in reply:
-                    self.sent += len(self._unacked.pop(reply["ack"], []))
+                    points, _ = self._unacked.pop(reply["ack"], ([], []))
+                    self.sent += len(points)
+                    self.models.extend((int(s), m) for s, m in reply.get("models", []))
                 elif "failed" in reply:
-                    self._failed.extend(self._unacked.pop(reply["failed"], []))
+                    points, checkpoints = self._unacked.pop(reply["failed"], ([], []))
+                    self._failed.extend(points)
+                    self._failed_checkpoints.extend(checkpoints)
                 elif "error" in reply and self.error is None:
                     self.error = reply["error"]
                     warnings.warn(f"depth: MLflow at {self.tracking_uri} refused metrics "
@@ -213,7 +261,7 @@ class MetricWriterProcess:
         with self._cond:
             if not self._closing and self.error is None:
                 self.error = "metric writer process exited"
-            if self._unacked or self._queue or not self._closing:
+            if self._unacked or self._queue or self._checkpoints or not self._closing:
                 self._start_fallback()
             self._cond.notify_all()
 
@@ -224,15 +272,17 @@ class MetricWriterProcess:
 
             self._fallback = BufferedMetricWriter(MlflowClient(self.tracking_uri), self.run_id,
                                                   self.interval_s)
-        leftovers = [p for seq in sorted(self._unacked) for p in self._unacked[seq]]
-        leftovers += self._queue
+        points = [p for seq in sorted(self._unacked) for p in self._unacked[seq][0]]
+        checkpoints = [c for seq in sorted(self._unacked) for c in self._unacked[seq][1]]
+        self._fallback_log(points + self._queue, checkpoints + self._checkpoints)
         self._unacked.clear()
-        self._queue = []
-        self._fallback_log(leftovers)
+        self._queue, self._checkpoints = [], []
 
-    def _fallback_log(self, points: list[list[Any]]) -> None:
+    def _fallback_log(self, points: list[list[Any]], checkpoints: list[dict[str, Any]]) -> None:
         assert self._fallback is not None
         self._fallback.log_points(points)
+        for event in checkpoints:
+            self._fallback.publish_checkpoint(event["record"], event["step"])
 
     # ------------------------------------------------------------------ control
 
@@ -259,8 +309,8 @@ class MetricWriterProcess:
     def pending(self) -> int:
         with self._lock:
             fallback = self._fallback.pending if self._fallback is not None else 0
-            return (len(self._queue) + sum(len(b) for b in self._unacked.values())
-                    + len(self._failed) + fallback)
+            return (len(self._queue) + len(self._checkpoints) + len(self._failed)
+                    + sum(len(p) + len(c) for p, c in self._unacked.values()) + fallback)
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Writes everything (waiting up to `timeout_s`), then lets the writer process go.
@@ -285,6 +335,10 @@ class MetricWriterProcess:
             self._reader.join(timeout=5)
         if self._fallback is not None:
             self._fallback.close()
+            self.models.extend(self._fallback.models)
+        if self._failed_checkpoints:
+            warnings.warn(f"depth: {len(self._failed_checkpoints)} checkpoint records could not "
+                          f"be published to {self.tracking_uri} ({self.error})", stacklevel=2)
         if self._failed:
             warnings.warn(f"depth: {len(self._failed)} metric points could not be written to "
                           f"{self.tracking_uri} ({self.error})", stacklevel=2)
