@@ -44,11 +44,15 @@ def test_writer_process_death_loses_nothing(run):
     writer._proc.wait()
     for step in range(101, 201):
         writer.log({"energy/joules": float(step)}, step)
+    writer.publish_checkpoint({"train_joules": 200.0, "optimizer_steps": 200}, 200)
     deadline = time.monotonic() + 30
     while writer.error is None and time.monotonic() < deadline:
         time.sleep(0.05)
     writer.close()
     assert steps_of(client, run_id, "energy/joules") == list(range(1, 201))
+    assert [step for step, _ in writer.models] == [200]  # the record went through too
+    model = client.get_logged_model(writer.models[0][1])
+    assert model.tags["depth.train_joules"] == "200"
 
 
 def test_thread_writer_stores_every_point_once(run):
