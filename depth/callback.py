@@ -30,7 +30,9 @@ from depth.tokens import token_counter
 from depth.tracking import (
     BufferedMetricWriter,
     MetricWriterProcess,
+    end_run,
     is_mlflow_logger,
+    open_run,
     tracking_uri_of,
 )
 
@@ -100,6 +102,8 @@ class DepthCallback(Callback):
         flush_interval_s: float = 1.0,
         max_lag_s: float = 1.0,
         mlflow_writer: str = "auto",
+        tracking: bool = True,
+        experiment_name: str = "depth",
     ):
         if isinstance(meter, str):
             if meter not in METER_NAMES:
@@ -126,6 +130,10 @@ class DepthCallback(Callback):
             raise ValueError(f"mlflow_writer must be one of {', '.join(MLFLOW_WRITERS)}; "
                              f"got {mlflow_writer!r}")
         self.mlflow_writer = mlflow_writer
+        self.tracking = bool(tracking)
+        self.experiment_name = experiment_name
+        self.own_run: tuple[str, str] | None = None  # (tracking URI, run id)
+        self._failed = False
         self.meter_spec = meter
         self.log_every_n_steps = log_every_n_steps
         self.sync = sync
@@ -323,15 +331,20 @@ class DepthCallback(Callback):
     def _make_sinks(self, trainer: pl.Trainer) -> list[Any]:
         sinks: list[Any] = []
         kind = self._writer_kind(trainer)
-        for logger in trainer.loggers:
-            if is_mlflow_logger(logger) and kind == "process":
-                sinks.append(MetricWriterProcess(tracking_uri_of(logger), logger.run_id,
-                                                 self.flush_interval_s))
-            elif is_mlflow_logger(logger):
-                sinks.append(BufferedMetricWriter(logger.experiment, logger.run_id,
-                                                  self.flush_interval_s))
+        runs = [(tracking_uri_of(lg), lg.run_id) for lg in trainer.loggers if is_mlflow_logger(lg)]
+        sinks += [_DirectSink(lg) for lg in trainer.loggers if not is_mlflow_logger(lg)]
+        if not runs and self.tracking:
+            if self.own_run is None:  # one run for every fit of this callback
+                self.own_run = open_run(self.experiment_name)
+            runs.append(self.own_run)
+        for uri, run_id in runs:
+            if kind == "process":
+                sinks.append(MetricWriterProcess(uri, run_id, self.flush_interval_s))
             else:
-                sinks.append(_DirectSink(logger))
+                from mlflow import MlflowClient
+
+                sinks.append(BufferedMetricWriter(MlflowClient(uri), run_id,
+                                                  self.flush_interval_s))
         return sinks
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -494,6 +507,7 @@ class DepthCallback(Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                      exception: BaseException) -> None:
+        self._failed = True
         self._flush(wait=True)
         if self._sidecar is not None:
             self._sidecar.stop(final_write=True)
@@ -509,6 +523,8 @@ class DepthCallback(Callback):
                 self._warn(f"closing {type(sink).__name__} failed: {err}")
             self.logged_models.extend(getattr(sink, "models", []))
         self._sinks = []
+        if self.own_run is not None and trainer.is_global_zero:
+            end_run(*self.own_run, failed=self._failed)
         if self._sidecar is not None:
             self._sidecar.stop(final_write=False)
             self._sidecar = None

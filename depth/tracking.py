@@ -12,10 +12,12 @@ only where used.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 MAX_METRICS_PER_BATCH = 1000
@@ -342,3 +344,47 @@ class MetricWriterProcess:
         if self._failed:
             warnings.warn(f"depth: {len(self._failed)} metric points could not be written to "
                           f"{self.tracking_uri} ({self.error})", stacklevel=2)
+
+
+DEFAULT_STORE_DIR = Path("mlruns")
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the local SQLite store under ``mlruns/``.
+
+    MLflow 3 refuses the old ``./mlruns`` file store, so the default is
+    ``sqlite:///mlruns/mlflow.db`` (relative to the working directory), with artifacts in
+    ``mlruns/artifacts``.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    DEFAULT_STORE_DIR.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{DEFAULT_STORE_DIR}/mlflow.db"
+
+
+def open_run(experiment_name: str, run_name: str | None = None,
+             tracking_uri: str | None = None) -> tuple[str, str]:
+    """Creates a run (and its experiment if needed); returns (tracking URI, run id)."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri or default_tracking_uri()
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    elif uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_TRACKING_URI"):
+        artifacts = (DEFAULT_STORE_DIR / "artifacts").resolve()
+        experiment_id = client.create_experiment(experiment_name,
+                                                 artifact_location=artifacts.as_uri())
+    else:
+        experiment_id = client.create_experiment(experiment_name)
+    run = client.create_run(experiment_id, run_name=run_name, tags={"depth.own_run": "true"})
+    return uri, run.info.run_id
+
+
+def end_run(tracking_uri: str, run_id: str, failed: bool = False) -> None:
+    """Marks a run the callback opened as finished (or failed)."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri).set_terminated(run_id, "FAILED" if failed else "FINISHED")
