@@ -58,3 +58,53 @@ def test_every_checkpoint_becomes_a_logged_model_with_depth_tags(tmp_path, write
     version = register_model(step12, "tiny-gpt", client=client)
     assert {k: version.tags[k] for k in TAGS} == {
         k: client.get_logged_model(step12).tags[k] for k in TAGS}
+
+
+def test_without_an_mlflow_logger_the_callback_opens_its_own_run(tmp_path):
+    import os
+
+    from pytorch_lightning.loggers import CSVLogger
+
+    callback = DepthCallback(ClockMeter(), experiment_name="own-run-test")
+    trainer = pl.Trainer(callbacks=[callback], logger=CSVLogger(tmp_path), max_epochs=1,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", devices=1, default_root_dir=tmp_path)
+    trainer.fit(TinyLM(), loader(n=20))
+    uri, run_id = callback.own_run
+    assert uri == os.environ["MLFLOW_TRACKING_URI"]  # honoured
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run_id, "energy/joules")) == 5
+    assert run.data.tags["depth.optimizer_steps"] == "5"
+    assert [step for step, _ in callback.logged_models] == [5]
+
+
+def test_default_store_is_sqlite_under_mlruns(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    script = f"""
+import sys; sys.path.insert(0, {str(root)!r})
+import pytorch_lightning as pl
+from depth import DepthCallback
+from tests.doubles.meters import ClockMeter
+from tests.lightning_models import TinyLM, loader
+cb = DepthCallback(ClockMeter())
+pl.Trainer(callbacks=[cb], logger=False, max_epochs=1, enable_progress_bar=False,
+           accelerator="cpu", devices=1).fit(TinyLM(), loader(n=8))
+print(cb.own_run[0], cb.own_run[1])
+"""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    uri, run_id = out.stdout.split()[-2:]
+    assert uri == "sqlite:///mlruns/mlflow.db"
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert len(client.get_metric_history(run_id, "energy/joules")) == 2
+    artifacts = client.get_run(run_id).info.artifact_uri
+    assert str((tmp_path / "mlruns" / "artifacts").resolve()) in artifacts

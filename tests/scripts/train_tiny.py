@@ -37,7 +37,7 @@ def main() -> None:
     rank = int(os.environ.get("LOCAL_RANK", "0"))
     uuid = "GPU-same" if args.shared_uuid else f"GPU-{rank}"
     meter = ClockMeter({"gpu:0": args.power + 1000.0 * rank}, update_s=0.0, uuids={"gpu:0": uuid})
-    callback = DepthCallback(meter, sidecar_interval_s=args.sidecar_interval)
+    callback = DepthCallback(meter, sidecar_interval_s=args.sidecar_interval, tracking=False)
     checkpoint = ModelCheckpoint(dirpath=os.path.join(args.dir, "ckpt"), save_top_k=-1,
                                  every_n_train_steps=args.every_n_steps, save_last=True)
     trainer = pl.Trainer(
