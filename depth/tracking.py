@@ -363,6 +363,16 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{DEFAULT_STORE_DIR}/mlflow.db"
 
 
+def artifacts_beside(uri: str) -> str | None:
+    """For a SQLite store, ``artifacts/`` next to the database file (MLflow's own default,
+    ``./mlruns`` under the working directory, would scatter artifacts wherever a script
+    runs); for a tracking server, ``None``: the server decides."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri[len("sqlite:///"):])
+    return (database.parent / "artifacts").resolve().as_uri()
+
+
 def open_run(experiment_name: str, run_name: str | None = None,
              tracking_uri: str | None = None) -> tuple[str, str]:
     """Creates a run (and its experiment if needed); returns (tracking URI, run id)."""
@@ -373,12 +383,9 @@ def open_run(experiment_name: str, run_name: str | None = None,
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is not None:
         experiment_id = experiment.experiment_id
-    elif uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_TRACKING_URI"):
-        artifacts = (DEFAULT_STORE_DIR / "artifacts").resolve()
-        experiment_id = client.create_experiment(experiment_name,
-                                                 artifact_location=artifacts.as_uri())
     else:
-        experiment_id = client.create_experiment(experiment_name)
+        experiment_id = client.create_experiment(experiment_name,
+                                                 artifact_location=artifacts_beside(uri))
     run = client.create_run(experiment_id, run_name=run_name, tags={"depth.own_run": "true"})
     return uri, run.info.run_id
 
