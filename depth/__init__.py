@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["DepthCallback", "Provenance", "__version__"]
+__all__ = ["DepthCallback", "Provenance", "read_provenance", "__version__"]
 
 if TYPE_CHECKING:
     from depth.callback import DepthCallback
-    from depth.provenance import Provenance
+    from depth.provenance import Provenance, read_provenance
 
 
 def __getattr__(name: str) -> Any:
@@ -23,8 +23,8 @@ def __getattr__(name: str) -> Any:
         from depth.callback import DepthCallback
 
         return DepthCallback
-    if name == "Provenance":
-        from depth.provenance import Provenance
+    if name in ("Provenance", "read_provenance"):
+        import depth.provenance
 
-        return Provenance
+        return getattr(depth.provenance, name)
     raise AttributeError(f"module 'depth' has no attribute {name!r}")

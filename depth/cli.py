@@ -194,18 +194,22 @@ def run_verify(args: Namespace) -> int:
 # ----------------------------------------------------------------------------- provenance
 
 def _declare_provenance(p: ArgumentParser) -> None:
-    p.add_argument("source", type=str, help="A Lightning checkpoint file with a depth record.")
+    p.add_argument("source", type=str, help="A checkpoint file, runs:/RUN_ID, "
+                   "models:/NAME/VERSION, models:/NAME@ALIAS, or m-MODEL_ID.")
     p.add_argument("--json", action="store_true", help="Print the record as JSON.")
+    p.add_argument("--tracking-uri", type=str, default=None,
+                   help="MLflow store for runs:/ and models:/ sources (default: "
+                   "MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db).")
     p.add_argument("--trust", action="store_true",
                    help="Load Python objects stored in the file (runs code from it).")
 
 
 def run_provenance(args: Namespace) -> int:
-    """`depth provenance`: the energy record of a checkpoint, as a table or JSON."""
-    from depth.provenance import provenance_from_checkpoint
+    """`depth provenance`: the energy record of a model, as a table or JSON."""
+    from depth.provenance import read_provenance
 
     try:
-        record = provenance_from_checkpoint(args.source, trust=args.trust)
+        record = read_provenance(args.source, tracking_uri=args.tracking_uri, trust=args.trust)
     except (OSError, ValueError) as err:
         print(f"depth provenance: {err}", file=sys.stderr)
         return 2
@@ -241,7 +245,7 @@ COMMANDS: dict[str, Command] = {
                       _declare_meters, run_meters),
     "verify": Command("Check that a checkpoint's weights and energy record match.",
                       _declare_verify, run_verify),
-    "provenance": Command("Show the energy record of a checkpoint.",
+    "provenance": Command("Show the energy record of a checkpoint or MLflow model.",
                           _declare_provenance, run_provenance),
 }
 

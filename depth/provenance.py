@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -133,3 +134,71 @@ def provenance_from_checkpoint(path: str | Path, trust: bool = False) -> Provena
     if CHECKPOINT_KEY not in checkpoint:
         raise ValueError(f"{path} carries no depth record (checkpoint['{CHECKPOINT_KEY}'])")
     return Provenance.from_dict(checkpoint[CHECKPOINT_KEY])
+
+
+def _logged_model_of(version: Any) -> str | None:
+    """The LoggedModel behind a registered version (some stores leave ``model_id`` empty
+    and keep it only in the version's ``source``, ``models:/m-<id>``)."""
+    if getattr(version, "model_id", None):
+        return version.model_id
+    source = str(getattr(version, "source", "") or "")
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
+def read_provenance(source: str | Path, tracking_uri: str | None = None,
+                    trust: bool = False) -> Provenance:
+    """The depth record of a model, wherever it is.
+
+    Args:
+        source: A checkpoint file path; ``runs:/<run_id>`` (the run's latest record);
+            ``models:/<name>/<version>`` or ``models:/<name>@<alias>`` (a registered
+            version); ``m-<model_id>`` or ``models:/m-<model_id>`` (a LoggedModel).
+        tracking_uri: Where MLflow sources live (default: ``MLFLOW_TRACKING_URI`` or the
+            default store).
+        trust: Let a checkpoint file run the code it pickles (never for MLflow sources).
+
+    Raises:
+        OSError: A missing or unreadable file.
+        ValueError: No record there, or a source in none of the forms above (one line).
+    """
+    text = str(source)
+    if not (text.startswith(("runs:/", "models:/", "m-"))):
+        return provenance_from_checkpoint(text, trust)
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    from depth.mlflow_publish import MODEL_ARTIFACT, RUN_ARTIFACT
+    from depth.tracking import default_tracking_uri
+
+    tracking_uri = tracking_uri or default_tracking_uri()
+    client = MlflowClient(tracking_uri)
+    try:
+        if text.startswith("runs:/"):
+            run_id = text.removeprefix("runs:/").split("/")[0]
+            uri = f"{client.get_run(run_id).info.artifact_uri}/{RUN_ARTIFACT}"
+        else:
+            name = text.removeprefix("models:/")
+            if name.startswith("m-"):
+                model_id = name.split("/")[0]
+            elif "@" in name:
+                registered, alias = name.split("@", 1)
+                model_id = _logged_model_of(client.get_model_version_by_alias(registered, alias))
+            elif "/" in name:
+                registered, version = name.split("/", 1)
+                model_id = _logged_model_of(client.get_model_version(registered, version))
+            else:
+                raise ValueError(f"{text}: give a version (models:/NAME/VERSION) or an alias "
+                                 "(models:/NAME@ALIAS)")
+            if not model_id:
+                raise ValueError(f"{text} is a model version without a LoggedModel behind it")
+            uri = f"{client.get_logged_model(model_id).artifact_location}/{MODEL_ARTIFACT}"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri)
+            data = json.loads(Path(path).read_text())
+    except MlflowException as err:
+        message = " ".join(str(err.message if hasattr(err, "message") else err).split())
+        raise ValueError(f"{text}: {message[:200]}") from None
+    except OSError as err:
+        raise ValueError(f"{text}: no depth record there ({err.strerror or err})") from None
+    return Provenance.from_dict(data)
