@@ -108,3 +108,42 @@ print(cb.own_run[0], cb.own_run[1])
     assert len(client.get_metric_history(run_id, "energy/joules")) == 2
     artifacts = client.get_run(run_id).info.artifact_uri
     assert str((tmp_path / "mlruns" / "artifacts").resolve()) in artifacts
+
+
+def test_read_provenance_on_every_source_form(tmp_path):
+    import subprocess
+    import sys
+
+    from depth import read_provenance
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    logger = MLFlowLogger(experiment_name="read-forms", tracking_uri=uri,
+                          artifact_location=str(tmp_path / "artifacts"))
+    callback = DepthCallback(ClockMeter(), mlflow_writer="thread")
+    trainer = pl.Trainer(callbacks=[callback], logger=logger, max_epochs=1,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", devices=1, default_root_dir=tmp_path)
+    trainer.fit(TinyLM(), loader(n=24))
+    path = trainer.checkpoint_callback.best_model_path
+    expected = torch.load(path, weights_only=True)["depth"]
+    (step, model_id), = callback.logged_models
+    client = MlflowClient(uri)
+    register_model(model_id, "forms", client=client)
+    client.set_registered_model_alias("forms", "champion", "1")
+    for source in (path, f"runs:/{logger.run_id}", "models:/forms/1", "models:/forms@champion",
+                   model_id, f"models:/{model_id}"):
+        assert read_provenance(source, tracking_uri=uri).to_dict() == as_record(expected), source
+    out = subprocess.run([sys.executable, "-m", "depth.cli", "provenance", "models:/forms/1",
+                          "--tracking-uri", uri, "--json"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and json.loads(out.stdout)["record_sha256"] == expected["record_sha256"]
+    bad = subprocess.run([sys.executable, "-m", "depth.cli", "provenance", "runs:/nope",
+                          "--tracking-uri", uri], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in bad.stderr
+
+
+def as_record(record: dict) -> dict:
+    from depth import Provenance
+
+    return Provenance.from_dict(record).to_dict()
