@@ -64,3 +64,12 @@ class TinyLM(LightningModule):
 
 def loader(n: int = 64, batch_size: int = 4, seq_len: int = 8) -> DataLoader:
     return DataLoader(TokenData(n, seq_len), batch_size=batch_size, num_workers=0)
+
+
+def sqlite_mlflow_logger(tmp_path, experiment: str):
+    """(tracking URI, MLFlowLogger) on a fresh SQLite store under `tmp_path`."""
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    return uri, MLFlowLogger(experiment_name=experiment, tracking_uri=uri,
+                             artifact_location=str(tmp_path / "artifacts"))

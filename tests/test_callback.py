@@ -12,12 +12,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.loggers import CSVLogger, MLFlowLogger
+from pytorch_lightning.loggers import CSVLogger
 
 from depth import DepthCallback, Provenance
 from depth.provenance import provenance_from_checkpoint, weights_sha256
 from tests.doubles.meters import ClockMeter
-from tests.lightning_models import TinyLM, loader
+from tests.lightning_models import TinyLM, loader, sqlite_mlflow_logger
 
 QUIET = dict(enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
              accelerator="cpu", devices=1)
@@ -108,9 +108,7 @@ def test_tokens_option_and_no_guess_without_token_tensor(tmp_path):
 
 @pytest.mark.parametrize("writer", ["thread", "process"])
 def test_mlflow_points_are_buffered_and_all_arrive(tmp_path, writer):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    logger = MLFlowLogger(experiment_name="depth-test", tracking_uri=uri,
-                          artifact_location=str(tmp_path / "artifacts"))
+    _, logger = sqlite_mlflow_logger(tmp_path, "depth-test")
     callback = DepthCallback(ClockMeter(), mlflow_writer=writer)
     trainer = pl.Trainer(callbacks=[callback], logger=logger,
                          default_root_dir=tmp_path, max_epochs=1, **QUIET)

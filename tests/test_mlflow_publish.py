@@ -12,12 +12,11 @@ import pytorch_lightning as pl
 import torch
 from mlflow import MlflowClient
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import MLFlowLogger
 
 from depth import DepthCallback
 from depth.mlflow_publish import MODEL_ARTIFACT, depth_tags, register_model
 from tests.doubles.meters import ClockMeter
-from tests.lightning_models import TinyLM, loader
+from tests.lightning_models import TinyLM, loader, sqlite_mlflow_logger
 
 TAGS = ("depth.train_joules", "depth.train_kwh", "depth.optimizer_steps",
         "depth.train_tokens", "depth.method", "depth.weights_sha256")
@@ -25,9 +24,7 @@ TAGS = ("depth.train_joules", "depth.train_kwh", "depth.optimizer_steps",
 
 @pytest.mark.parametrize("writer", ["thread", "process"])
 def test_every_checkpoint_becomes_a_logged_model_with_depth_tags(tmp_path, writer):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    logger = MLFlowLogger(experiment_name="depth-models", tracking_uri=uri,
-                          artifact_location=str(tmp_path / "artifacts"))
+    uri, logger = sqlite_mlflow_logger(tmp_path, "depth-models")
     callback = DepthCallback(ClockMeter(), mlflow_writer=writer)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4,
                                   save_top_k=-1)
@@ -91,7 +88,7 @@ import sys; sys.path.insert(0, {str(root)!r})
 import pytorch_lightning as pl
 from depth import DepthCallback
 from tests.doubles.meters import ClockMeter
-from tests.lightning_models import TinyLM, loader
+from tests.lightning_models import TinyLM, loader, sqlite_mlflow_logger
 cb = DepthCallback(ClockMeter())
 pl.Trainer(callbacks=[cb], logger=False, max_epochs=1, enable_progress_bar=False,
            accelerator="cpu", devices=1).fit(TinyLM(), loader(n=8))
@@ -116,9 +113,7 @@ def test_read_provenance_on_every_source_form(tmp_path):
 
     from depth import read_provenance
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    logger = MLFlowLogger(experiment_name="read-forms", tracking_uri=uri,
-                          artifact_location=str(tmp_path / "artifacts"))
+    uri, logger = sqlite_mlflow_logger(tmp_path, "read-forms")
     callback = DepthCallback(ClockMeter(), mlflow_writer="thread")
     trainer = pl.Trainer(callbacks=[callback], logger=logger, max_epochs=1,
                          enable_progress_bar=False, enable_model_summary=False,
@@ -136,7 +131,8 @@ def test_read_provenance_on_every_source_form(tmp_path):
     out = subprocess.run([sys.executable, "-m", "depth.cli", "provenance", "models:/forms/1",
                           "--tracking-uri", uri, "--json"], capture_output=True, text=True,
                          timeout=120)
-    assert out.returncode == 0 and json.loads(out.stdout)["record_sha256"] == expected["record_sha256"]
+    assert out.returncode == 0
+    assert json.loads(out.stdout)["record_sha256"] == expected["record_sha256"]
     bad = subprocess.run([sys.executable, "-m", "depth.cli", "provenance", "runs:/nope",
                           "--tracking-uri", uri], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
