@@ -262,7 +262,8 @@ class DepthCallback(Callback):
         t_s, values = self._reader.read()
         return t_s, {self._local_labels[d]: v for d, v in values.items()}
 
-    def _observe(self, tokens: int | None, collective: bool) -> tuple[list[Observation], int | None]:
+    def _observe(self, tokens: int | None,
+                 collective: bool) -> tuple[list[Observation], int | None]:
         """Reads this rank's meter; with several ranks, gathers every rank's reading."""
         t_s, values = self._read_local()
         if self._world == 1 or not collective:

@@ -301,7 +301,8 @@ class Ledger:
             "wall0": time.time(), "started": started or utc_now(), "method": method,
             "hardware": dict(hardware or {}), "sync": sync, "tokens": 0,
             "last_point": (step, t_first, self._cumulative_at(start, start)),
-            "boundaries": {}, "done": {}, "flags": [], "last_step": step, "last_reading": dict(start),
+            "boundaries": {}, "done": {}, "flags": [], "last_step": step,
+            "last_reading": dict(start),
         }
         self.optimizer_steps = step
 

@@ -20,6 +20,8 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 MAX_METRICS_PER_BATCH = 1000
 RETRY_S = 30.0  # per batch; then it is reported as failed and the trainer keeps it
@@ -45,6 +47,13 @@ def _with_retry(write: Callable[[], object]) -> bool:
             delay = min(delay * 2, 10.0)
 
 
+def _publish(client: Any, run_id: str, event: dict[str, Any], models: list[list[Any]]) -> None:
+    from depth.mlflow_publish import publish_checkpoint
+
+    model_id = publish_checkpoint(client, run_id, event["record"], event["step"])
+    models.append([event["step"], model_id])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
@@ -58,8 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from depth.mlflow_publish import publish_checkpoint
-
     client = MlflowClient(tracking_uri=uri)
     _send({"ready": True})
     for line in sys.stdin:
@@ -69,14 +76,11 @@ def main(argv: list[str] | None = None) -> int:
                   for i in range(0, len(metrics), MAX_METRICS_PER_BATCH)]
         stored = all(_with_retry(lambda c=c: client.log_batch(run_id, metrics=c))
                      for c in chunks)
-        models = []
+        models: list[list[Any]] = []
         for event in message.get("checkpoints", []) if stored else []:
-            result: list[str] = []
-            stored = _with_retry(lambda e=event: result.append(
-                publish_checkpoint(client, run_id, e["record"], e["step"])))
+            stored = _with_retry(partial(_publish, client, run_id, event, models))
             if not stored:
                 break
-            models.append([event["step"], result[0]])
         _send({"ack": message["seq"], "models": models} if stored else {"failed": message["seq"]})
     return 0
 

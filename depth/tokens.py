@@ -41,7 +41,9 @@ def infer_tokens(batch: Any) -> int | None:
     return None
 
 
-def token_counter(tokens_per_batch: int | Callable[[Any], int] | None) -> Callable[[Any], int | None]:
+def token_counter(
+    tokens_per_batch: int | Callable[[Any], int] | None,
+) -> Callable[[Any], int | None]:
     """The function that counts a batch's tokens for a `DepthCallback` option value."""
     if tokens_per_batch is None:
         return infer_tokens

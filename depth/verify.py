@@ -46,8 +46,9 @@ def verify_checkpoint(path: str | Path, trust: bool = False) -> Verdict:
         return Verdict(MISMATCH, f"{path} has no state_dict to check the weights against")
     actual = weights_sha256(state_dict)
     if actual != record.get("weights_sha256"):
+        recorded = str(record.get("weights_sha256"))
         return Verdict(MISMATCH, f"{path}: the weights changed since the record was written "
-                                 f"(sha256 {actual[:12]}... != {str(record.get('weights_sha256'))[:12]}...)")
+                                 f"(sha256 {actual[:12]}... != {recorded[:12]}...)")
     return Verdict(OK, f"{path}: weights and record match ({record.get('train_joules', 0):.6g} J "
                        f"over {record.get('optimizer_steps')} optimizer steps, "
                        f"method {record.get('method')})")

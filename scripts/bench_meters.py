@@ -84,11 +84,12 @@ def main() -> int:
             finally:
                 meter.close()
     result = {"date": date.today().isoformat(), "machine": platform.node(),
-              "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+              "cpu": platform.processor() or platform.machine(),
+              "python": platform.python_version(),
               "command": "python scripts/bench_meters.py " + " ".join(sys.argv[1:]), "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"| meter | what it measures | median us | p99 us |\n|---|---|---:|---:|")
+    print("| meter | what it measures | median us | p99 us |\n|---|---|---:|---:|")
     for r in rows:
         if "skipped" in r:
             print(f"| {r['meter']} | skipped: {r['skipped']} | - | - |")

@@ -239,4 +239,5 @@ def make_meter(spec: EnergyMeter | str = "auto", **kwargs: Any) -> EnergyMeter:
         from depth.meters.estimate import EstimateMeter
 
         return EstimateMeter(**kwargs)
-    raise ValueError(f"meter must be one of {', '.join(METER_NAMES)} or an EnergyMeter; got {spec!r}")
+    raise ValueError(f"meter must be one of {', '.join(METER_NAMES)} or an EnergyMeter; "
+                     f"got {spec!r}")

@@ -71,7 +71,8 @@ def codecarbon_cpu_tdp() -> tuple[str, float, bool]:
 
     with _quiet_codecarbon():
         tdp = TDP()
-        in_table = tdp.model != "Unknown" and tdp._get_cpu_power_from_registry(tdp.model) is not None
+        in_table = (tdp.model != "Unknown"
+                    and tdp._get_cpu_power_from_registry(tdp.model) is not None)
     if tdp.tdp is None:  # CPU model not detectable: CodeCarbon's per-thread default
         return tdp.model, float(count_cpus() * DEFAULT_POWER_PER_CORE), False
     return tdp.model, float(tdp.tdp), in_table

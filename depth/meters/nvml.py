@@ -195,8 +195,9 @@ def resolve_gpus(
                 else:
                     break  # CUDA ignores the rest after an invalid entry
     if not ordinal_to_nvml:
-        raise MeterUnavailable("NVML: this process sees no GPU (CUDA_VISIBLE_DEVICES hides them all)"
-                               if count else "NVML: the driver reports no GPU")
+        raise MeterUnavailable(
+            "NVML: this process sees no GPU (CUDA_VISIBLE_DEVICES hides them all)"
+            if count else "NVML: the driver reports no GPU")
     if gpus is None:
         current = _torch_current_device()
         gpus = [current] if current is not None else list(range(len(ordinal_to_nvml)))
@@ -371,7 +372,8 @@ class NvmlPowerMeter(_NvmlMeter):
         try:
             usage_w()
         except lib.NVMLError as err:
-            raise MeterUnavailable(f"NVML: {g.label} reports no power ({nv.error_text(err)})") from None
+            raise MeterUnavailable(
+                f"NVML: {g.label} reports no power ({nv.error_text(err)})") from None
         return usage_w, "nvmlDeviceGetPowerUsage"
 
     def _sample_w(self) -> dict[str, float]:
@@ -401,8 +403,8 @@ class NvmlPowerMeter(_NvmlMeter):
                                  f"{self._sampler.error}")
         if self._failed:
             label, reason = next(iter(self._failed.items()))
-            raise MeterReadError(label, reason,
-                                 partial={d: e for d, e in energy_j.items() if d not in self._failed})
+            partial = {d: e for d, e in energy_j.items() if d not in self._failed}
+            raise MeterReadError(label, reason, partial=partial)
         return energy_j
 
     def close(self) -> None:

@@ -78,7 +78,8 @@ def find_zones(root: Path = POWERCAP_ROOT, include_dram: bool = True) -> list[Ra
                 f"`sudo chmod a+r {root}/intel-rapl:*/energy_uj {root}/intel-rapl:*:*/energy_uj` "
                 "(or a udev rule) or run as root") from None
         except OSError as err:
-            raise MeterUnavailable(f"RAPL: cannot read {zone.energy_path} ({err.strerror})") from None
+            raise MeterUnavailable(
+                f"RAPL: cannot read {zone.energy_path} ({err.strerror})") from None
     return zones
 
 

@@ -17,7 +17,8 @@ class ClockMeter:
     method = "test-clock"
 
     def __init__(self, power_w: Mapping[str, float] | None = None, update_s: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic, uuids: Mapping[str, str] | None = None):
+                 clock: Callable[[], float] = time.monotonic,
+                 uuids: Mapping[str, str] | None = None):
         self.power_w = dict(power_w or {"gpu:0": 100.0})
         self.update_s = update_s
         self.clock = clock
