@@ -84,6 +84,14 @@ class DepthCallback(Callback):
             GPU). ``"thread"``: a daemon thread here (best when torch already uses every
             core, as when training on the CPU). ``"auto"``: process when training on a GPU
             or when there are more cores than torch threads, else thread.
+        tracking: Without an ``MLFlowLogger`` attached, open a run of our own on
+            ``MLFLOW_TRACKING_URI`` or the default store ``sqlite:///mlruns/mlflow.db``
+            (``False``: no MLflow unless a logger brings it).
+        experiment_name: The experiment of that own run.
+        parent: The model this one is fine-tuned or distilled from: a checkpoint path,
+            an MLflow source (``runs:/``, ``models:/``, ``m-``) or a record. Its record is
+            embedded (digest-checked) and its depth added to this model's. By default, a
+            parent whose weights were loaded with `depth.lineage.load_parent_weights`.
 
     Metrics: ``energy/joules`` (whole history), ``energy/step_joules``, ``energy/watts``,
     ``energy/joules_per_token`` (when tokens are known), ``energy/joules/<device>``.
@@ -104,6 +112,7 @@ class DepthCallback(Callback):
         mlflow_writer: str = "auto",
         tracking: bool = True,
         experiment_name: str = "depth",
+        parent: str | Path | Mapping[str, Any] | None = None,
     ):
         if isinstance(meter, str):
             if meter not in METER_NAMES:
@@ -133,6 +142,8 @@ class DepthCallback(Callback):
         self.tracking = bool(tracking)
         self.experiment_name = experiment_name
         self.own_run: tuple[str, str] | None = None  # (tracking URI, run id)
+        self.parent_spec = parent
+        self.parent: dict[str, Any] | None = None
         self._failed = False
         self.meter_spec = meter
         self.log_every_n_steps = log_every_n_steps
@@ -194,6 +205,13 @@ class DepthCallback(Callback):
         if stage != "fit":
             return
         self._trainer = trainer
+        if self.parent is None:
+            from depth.lineage import ATTRIBUTE, check_parent, resolve_parent
+
+            if self.parent_spec is not None:
+                self.parent = resolve_parent(self.parent_spec)
+            elif getattr(pl_module, ATTRIBUTE, None):
+                self.parent = check_parent(getattr(pl_module, ATTRIBUTE), "loaded weights")
         self._world = int(trainer.world_size)
         self._rank = int(trainer.global_rank)
         local_rank = int(getattr(trainer, "local_rank", 0))
@@ -412,6 +430,7 @@ class DepthCallback(Callback):
             state = self.ledger.state_dict()
             state["flags"] = self._flags()
         state["saved_unix"] = time.time()
+        state["parent"] = self.parent
         self._last_state = state
         return state
 
@@ -419,6 +438,7 @@ class DepthCallback(Callback):
         self.ledger.load_state_dict(state_dict)
         self._loaded = True
         self._loaded_saved_unix = state_dict.get("saved_unix")
+        self.parent = self.parent or state_dict.get("parent")
         self._loaded_saved_at = state_dict.get("saved_at")
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -445,7 +465,7 @@ class DepthCallback(Callback):
             method=self._method(), segments=list(state["segments"]),
             wasted_joules=state["wasted_joules"], weights_sha256=digest,
             created=state["saved_at"], hardware=self._hardware, sync=self.sync,
-            flags=list(state.get("flags", [])))
+            flags=list(state.get("flags", [])), parent=state.get("parent", self.parent))
 
     def _flags(self) -> list[str]:
         flags = list(self._reader.flags) if self._reader is not None else []

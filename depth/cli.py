@@ -219,6 +219,8 @@ def run_provenance(args: Namespace) -> int:
         return 0
     tokens = "unknown" if record.train_tokens is None else f"{record.train_tokens:,}"
     rows = [("train energy", f"{record.train_joules:,.1f} J ({record.train_kwh:.6g} kWh)"),
+            ("depth (+ parents)", f"{record.depth_joules:,.1f} J "
+                                  f"({record.depth_joules / 3.6e6:.6g} kWh)"),
             ("optimizer steps", f"{record.optimizer_steps:,}"), ("training tokens", tokens),
             ("wasted (included)", f"{record.wasted_joules:,.1f} J"), ("method", record.method),
             ("sync", record.sync), ("weights sha256", record.weights_sha256 or "-"),
@@ -237,6 +239,14 @@ def run_provenance(args: Namespace) -> int:
               f"{seg['started']:<26} {seg['method']}")
     for flag in record.flags:
         print(f"  note: {flag}")
+    if record.parent:
+        from depth.lineage import chain
+
+        print("lineage (this model first, then its parent, grandparent, ...)")
+        for generation, node in enumerate(chain(record.to_dict())):
+            print(f"  {generation:>2}  {node.get('train_joules', 0.0):>14,.1f} J  "
+                  f"{node.get('optimizer_steps')!s:>8} steps  {node.get('created')}  "
+                  f"weights {str(node.get('weights_sha256'))[:12]}...  {node.get('method')}")
     return 0
 
 

@@ -65,7 +65,9 @@ class Provenance:
             start/end, method, hardware.
         wasted_joules: The part of `train_joules` spent on work no checkpoint kept.
         weights_sha256: Digest of the saved state_dict.
-        parent: The parent model's record (fine-tuning, distillation), or ``None``.
+        parent: The parent model's whole sealed record (fine-tuning, distillation), or
+            ``None``; covered by this record's digest. ``depth_joules`` (in `to_dict`) is
+            `train_joules` plus every ancestor's.
         hardware: Devices, world size, nodes.
         created: ISO time of the save.
         sync: CUDA synchronization mode at step boundaries (``none``, ``log``, ``step``).
@@ -96,9 +98,17 @@ class Provenance:
     def train_kwh(self) -> float:
         return self.train_joules / 3.6e6
 
+    @property
+    def depth_joules(self) -> float:
+        """The model's depth: its own training joules plus every ancestor's (lineage)."""
+        from depth.lineage import depth_joules
+
+        return depth_joules(asdict(self))
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["train_kwh"] = self.train_kwh
+        data["depth_joules"] = self.depth_joules
         return data
 
     def sealed(self) -> dict[str, Any]:

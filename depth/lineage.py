@@ -1,0 +1,80 @@
+"""Lineage: a model fine-tuned or distilled from a parent inherits the parent's depth.
+
+The child's record carries the parent's whole sealed record under ``parent`` (and so the
+grandparent's, and so on). The child's own ``record_sha256`` covers it, so no ancestor
+can be edited without breaking the child's digest. The model's *depth* is its own
+training joules plus every ancestor's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from depth.provenance import CHECKPOINT_KEY, record_sha256
+
+ATTRIBUTE = "depth_parent"  # set on a module by `load_parent_weights`
+
+
+def chain(record: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """The record, then its parent, grandparent, ... (oldest last)."""
+    node: Mapping[str, Any] | None = record
+    while node:
+        yield node
+        node = node.get("parent")
+
+
+def depth_joules(record: Mapping[str, Any]) -> float:
+    """Own training joules plus every ancestor's."""
+    return math.fsum(float(r.get("train_joules", 0.0)) for r in chain(record))
+
+
+def check_parent(record: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Validates a parent record before it is embedded.
+
+    Raises:
+        ValueError: The record (or one of its ancestors) fails its own digest.
+    """
+    for node in chain(record):
+        expected = node.get("record_sha256")
+        if not expected:
+            raise ValueError(f"parent {source}: a record in its lineage has no record_sha256")
+        if record_sha256(node) != expected:
+            raise ValueError(f"parent {source}: a record in its lineage was edited after it "
+                             "was written")
+    return dict(record)
+
+
+def resolve_parent(parent: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """A parent given as a record, a checkpoint path or an MLflow source, checked."""
+    from depth.provenance import read_provenance
+
+    if isinstance(parent, Mapping):
+        return check_parent(parent, "record")
+    record = read_provenance(parent).to_dict()
+    return check_parent(record, str(parent))
+
+
+def load_parent_weights(module: Any, path: str | Path, strict: bool = True) -> dict[str, Any]:
+    """Loads a parent checkpoint's weights into `module` and remembers its record.
+
+    A `DepthCallback` training `module` then records the parent (``depth_parent`` on the
+    module) without being told. Loads with ``weights_only=True``.
+
+    Returns:
+        The parent's record.
+
+    Raises:
+        ValueError: No depth record in the checkpoint, or one that fails its digest.
+    """
+    from depth.checkpoint_io import load_checkpoint
+
+    checkpoint = load_checkpoint(Path(path))
+    record = checkpoint.get(CHECKPOINT_KEY)
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} carries no depth record to inherit")
+    module.load_state_dict(checkpoint["state_dict"], strict=strict)
+    setattr(module, ATTRIBUTE, check_parent(record, str(path)))
+    return record
