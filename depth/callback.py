@@ -41,6 +41,35 @@ MLFLOW_WRITERS = ("auto", "process", "thread")
 Observation = tuple[float, dict[str, float]]
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo, else the platform's word for it)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def config_sha256(trainer: pl.Trainer, module: pl.LightningModule) -> str:
+    """Digest of the training configuration: module and datamodule hyperparameters and the
+    trainer settings that change what is computed."""
+    import hashlib
+    import json
+
+    datamodule = getattr(trainer, "datamodule", None)
+    config = {
+        "module": type(module).__qualname__, "hparams": dict(module.hparams),
+        "datamodule_hparams": dict(getattr(datamodule, "hparams", {}) or {}),
+        "trainer": {k: str(getattr(trainer, k, None)) for k in (
+            "max_epochs", "max_steps", "accumulate_grad_batches", "precision",
+            "gradient_clip_val", "world_size", "num_nodes")},
+    }
+    text = json.dumps(config, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class _DirectSink:
     """A Lightning logger other than MLflow: its own ``log_metrics`` (they buffer)."""
 
@@ -92,6 +121,11 @@ class DepthCallback(Callback):
             an MLflow source (``runs:/``, ``models:/``, ``m-``) or a record. Its record is
             embedded (digest-checked) and its depth added to this model's. By default, a
             parent whose weights were loaded with `depth.lineage.load_parent_weights`.
+        country_iso_code: Where the energy was drawn (ISO 3166 alpha-3, e.g. ``"FRA"``), for
+            the carbon estimate; CodeCarbon's world average when not given.
+        region: A region CodeCarbon knows within that country (e.g. ``"california"``).
+        pue: The facility's power usage effectiveness (>= 1), when known: the record then
+            also carries facility energy, and carbon is computed on it.
 
     Metrics: ``energy/joules`` (whole history), ``energy/step_joules``, ``energy/watts``,
     ``energy/joules_per_token`` (when tokens are known), ``energy/joules/<device>``.
@@ -113,6 +147,9 @@ class DepthCallback(Callback):
         tracking: bool = True,
         experiment_name: str = "depth",
         parent: str | Path | Mapping[str, Any] | None = None,
+        country_iso_code: str | None = None,
+        region: str | None = None,
+        pue: float | None = None,
     ):
         if isinstance(meter, str):
             if meter not in METER_NAMES:
@@ -138,6 +175,12 @@ class DepthCallback(Callback):
         if mlflow_writer not in MLFLOW_WRITERS:
             raise ValueError(f"mlflow_writer must be one of {', '.join(MLFLOW_WRITERS)}; "
                              f"got {mlflow_writer!r}")
+        if pue is not None and not pue >= 1.0:
+            raise ValueError(f"pue must be >= 1 (facility energy over IT energy); got {pue!r}")
+        self.country_iso_code, self.region, self.pue = country_iso_code, region, pue
+        self._intensity: dict[str, Any] | None = None
+        self._parameters: int | None = None
+        self._config_sha256: str | None = None
         self.mlflow_writer = mlflow_writer
         self.tracking = bool(tracking)
         self.experiment_name = experiment_name
@@ -205,6 +248,12 @@ class DepthCallback(Callback):
         if stage != "fit":
             return
         self._trainer = trainer
+        self._parameters = sum(p.numel() for p in pl_module.parameters())
+        self._config_sha256 = config_sha256(trainer, pl_module)
+        if self._intensity is None:
+            from depth.carbon import grid_intensity
+
+            self._intensity = grid_intensity(self.country_iso_code, self.region)
         if self.parent is None:
             from depth.lineage import ATTRIBUTE, check_parent, resolve_parent
 
@@ -239,6 +288,7 @@ class DepthCallback(Callback):
         self._methods = {d: m for r in ranks for d, m in r["methods"].items()
                          if d not in self._excluded}
         self._hardware = {"world_size": self._world, "num_nodes": int(trainer.num_nodes),
+                          "cpu_model": cpu_model(),
                           "accelerator": trainer.strategy.root_device.type,
                           "torch": str(torch.__version__),
                           "ranks": [{"node": r["node"], "host": r["host"], **r["hardware"]}
@@ -459,7 +509,16 @@ class DepthCallback(Callback):
 
     def provenance(self, state: Mapping[str, Any], digest: str | None = None) -> Provenance:
         """The record for a ledger state (as saved at a checkpoint)."""
+        from depth.carbon import carbon_for
+        from depth.provenance import known_error
+
+        facility = state["train_joules"] * self.pue if self.pue else None
+        carbon = (carbon_for(facility or state["train_joules"], self._intensity)
+                  if self._intensity else None)
         return Provenance(
+            parameters=self._parameters, config_sha256=self._config_sha256,
+            known_error=known_error(self._method()), pue=self.pue, facility_joules=facility,
+            carbon=carbon,
             train_joules=state["train_joules"], optimizer_steps=state["optimizer_steps"],
             train_tokens=state["tokens"], devices=dict(state["devices"]),
             method=self._method(), segments=list(state["segments"]),

@@ -44,6 +44,24 @@ def weights_sha256(state_dict: Mapping[str, Any]) -> str:
     return digest.hexdigest()
 
 
+KNOWN_ERRORS = {
+    "nvml-counter": "whole-GPU counter refreshed ~every 100 ms; on A100/H100 the power sensor "
+                    "behind it samples only part of the time (Yang et al. 2023); depth's own "
+                    "error bound on real GPUs is not yet measured",
+    "nvml-power": "power sampled at 20 Hz and integrated: variation faster than 50 ms is "
+                  "missed, and nvmlDeviceGetPowerUsage is a ~1 s average on many boards",
+    "rapl": "CPU package and DRAM counters: PSU losses, fans, disks and network not included",
+    "estimate": "a model, not a measurement (TDP x load curve, RAM by size): expect errors of "
+                "tens of percent",
+}
+
+
+def known_error(method: str) -> str:
+    """What limits the accuracy of each source in a (possibly combined, ``a+b``) method."""
+    return "; ".join(f"{m}: {KNOWN_ERRORS.get(m, 'a third-party meter: its error is its own')}"
+                     for m in method.split("+"))
+
+
 def record_sha256(record: Mapping[str, Any]) -> str:
     """Digest of a record's canonical JSON (sorted keys), its own digest field left out."""
     body = {k: v for k, v in record.items() if k != "record_sha256"}
@@ -73,6 +91,14 @@ class Provenance:
         sync: CUDA synchronization mode at step boundaries (``none``, ``log``, ``step``).
         attribution: How per-step joules were attributed.
         flags: Anything bridged or estimated mid-run, one line each.
+        parameters: Parameter count of the trained module.
+        config_sha256: Digest of the training configuration (module and datamodule
+            hyperparameters, trainer settings).
+        known_error: What limits the accuracy of the method (see `KNOWN_ERRORS`).
+        pue: Power usage effectiveness of the facility, when given (>= 1).
+        facility_joules: `train_joules` x `pue` (``None`` without a PUE).
+        carbon: kg CO2eq of this model's own training (facility energy when a PUE is
+            given) at a CodeCarbon offline grid intensity, labelled ``estimate``.
         record_sha256: Digest of the rest of the record (see `record_sha256`), set by
             `sealed`; an edited record no longer matches it.
     """
@@ -91,6 +117,12 @@ class Provenance:
     sync: str = "none"
     attribution: str = ATTRIBUTION
     flags: list[str] = field(default_factory=list)
+    parameters: int | None = None
+    config_sha256: str | None = None
+    known_error: str | None = None
+    pue: float | None = None
+    facility_joules: float | None = None
+    carbon: dict[str, Any] | None = None
     schema: str = SCHEMA
     record_sha256: str | None = None
 
