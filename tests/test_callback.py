@@ -138,6 +138,16 @@ def test_checkpoint_carries_the_record(tmp_path):
     assert record["train_joules"] == pytest.approx(sum(record["devices"].values()))
     assert record["segments"][0]["kind"] == "fit" and record["segments"][0]["end_step"] == 10
     assert record["weights_sha256"] == weights_sha256(checkpoint["state_dict"])
+    assert record["parameters"] == sum(p.numel() for p in TinyLM().parameters())
+    assert len(record["config_sha256"]) == 64
+    assert "test-clock: a third-party meter" in record["known_error"]
+    assert record["hardware"]["cpu_model"] and record["hardware"]["num_nodes"] == 1
+    # no country configured: CodeCarbon's world average, labelled as such
+    assert record["carbon"]["label"] == "estimate"
+    assert "world-average" in record["carbon"]["basis"]
+    assert record["carbon"]["kg_co2eq"] == pytest.approx(
+        record["train_joules"] / 3.6e6 * record["carbon"]["g_co2eq_per_kwh"] / 1000)
+    assert record["pue"] is None and record["facility_joules"] is None
     assert provenance_from_checkpoint(path).train_joules == record["train_joules"]
     # a save after fit (a common last line) carries the finished history too
     trainer.save_checkpoint(tmp_path / "final.ckpt")
@@ -147,6 +157,17 @@ def test_checkpoint_carries_the_record(tmp_path):
     assert final.segments[0]["ended"] is not None
     assert Provenance.from_dict(record).to_dict()["train_kwh"] == pytest.approx(
         record["train_joules"] / 3.6e6)
+
+
+def test_country_and_pue_give_facility_energy_and_its_carbon(tmp_path):
+    cb = DepthCallback(ClockMeter({"gpu:0": 100.0}), country_iso_code="FRA", pue=1.2)
+    trainer = fit(tmp_path, cb, model=TinyLM(step_sleep_s=0.005), n=20, max_epochs=1)
+    record = provenance_from_checkpoint(trainer.checkpoint_callback.best_model_path)
+    assert record.facility_joules == pytest.approx(1.2 * record.train_joules)
+    assert record.carbon["country_iso_code"] == "FRA" and "FRA" in record.carbon["basis"]
+    assert 20 < record.carbon["g_co2eq_per_kwh"] < 120  # France's low-carbon mix
+    assert record.carbon["kg_co2eq"] == pytest.approx(
+        record.facility_joules / 3.6e6 * record.carbon["g_co2eq_per_kwh"] / 1000)
 
 
 class FailAt(Callback):
@@ -190,7 +211,8 @@ def test_meter_failure_mid_run_warns_once_bridges_and_flags(tmp_path):
      ({"sync": "always"}, "sync must be one of none, log, step"),
      ({"tokens_per_batch": -3}, "tokens_per_batch must be"),
      ({"sidecar_interval_s": 0}, "sidecar_interval_s must be > 0"),
-     ({"mlflow_writer": "fast"}, "mlflow_writer must be one of auto, process, thread")])
+     ({"mlflow_writer": "fast"}, "mlflow_writer must be one of auto, process, thread"),
+     ({"pue": 0.8}, "pue must be >= 1")])
 def test_bad_options_fail_at_construction_naming_the_option(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         DepthCallback(**kwargs)
