@@ -250,6 +250,37 @@ def run_provenance(args: Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- card
+
+def _declare_card(p: ArgumentParser) -> None:
+    p.add_argument("source", type=str, help="A checkpoint file, runs:/RUN_ID, "
+                   "models:/NAME/VERSION, models:/NAME@ALIAS, or m-MODEL_ID.")
+    p.add_argument("--output", type=str, default=None,
+                   help="Write the YAML block to this file (default: print it).")
+    p.add_argument("--tracking-uri", type=str, default=None,
+                   help="MLflow store for runs:/ and models:/ sources.")
+
+
+def run_card(args: Namespace) -> int:
+    """`depth card`: Hugging Face model-card metadata (co2_eq_emissions and depth)."""
+    from pathlib import Path
+
+    from depth.card import card_yaml
+    from depth.provenance import read_provenance
+
+    try:
+        text = card_yaml(read_provenance(args.source, tracking_uri=args.tracking_uri))
+    except (OSError, ValueError) as err:
+        print(f"depth card: {err}", file=sys.stderr)
+        return 2
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "meters": Command("List energy sources found and rejected, then read them.",
                       _declare_meters, run_meters),
@@ -257,6 +288,8 @@ COMMANDS: dict[str, Command] = {
                       _declare_verify, run_verify),
     "provenance": Command("Show the energy record of a checkpoint or MLflow model.",
                           _declare_provenance, run_provenance),
+    "card": Command("Write Hugging Face model-card metadata (co2_eq_emissions, energy).",
+                    _declare_card, run_card),
 }
 
 

@@ -1,0 +1,59 @@
+"""Hugging Face model-card metadata from a depth record.
+
+The Hub's model-card schema has ``co2_eq_emissions`` (grams, source, training type,
+location, hardware) and no energy field; depth's energy figures ride beside it under
+``depth``. The output is the YAML block that opens a model card's README.md.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from depth.provenance import Provenance
+
+
+def hardware_used(record: Provenance) -> str:
+    """E.g. ``"2 x NVIDIA H100 80GB HBM3 (nvml-counter), AMD EPYC 7763 (estimate)"``."""
+    gpus = Counter(g.get("name", "GPU") for rank in record.hardware.get("ranks", [])
+                   for g in rank.get("gpus", []))
+    parts = [f"{n} x {name}" for name, n in gpus.items()]
+    cpu = record.hardware.get("cpu_model")
+    if cpu:
+        parts.append(f"{record.hardware.get('num_nodes', 1)} x {cpu}")
+    return ", ".join(parts) + f" (energy: {record.method})" if parts else record.method
+
+
+def card_metadata(record: Provenance) -> dict[str, Any]:
+    """The model-card metadata: ``co2_eq_emissions`` and ``depth``."""
+    carbon = record.carbon or {}
+    location = "/".join(x for x in (carbon.get("country_iso_code"), carbon.get("region")) if x)
+    energy = {
+        "train_joules": record.train_joules, "train_kwh": record.train_kwh,
+        "depth_joules": record.depth_joules, "depth_kwh": record.depth_joules / 3.6e6,
+        "facility_joules": record.facility_joules, "pue": record.pue,
+        "optimizer_steps": record.optimizer_steps, "train_tokens": record.train_tokens,
+        "parameters": record.parameters, "method": record.method,
+        "measured": "estimate" not in record.method.split("+"),
+        "wasted_joules": record.wasted_joules, "weights_sha256": record.weights_sha256,
+        "record_sha256": record.record_sha256, "known_error": record.known_error,
+    }
+    meta: dict[str, Any] = {}
+    if carbon.get("kg_co2eq") is not None:
+        meta["co2_eq_emissions"] = {
+            "emissions": round(carbon["kg_co2eq"] * 1000.0, 6),  # grams, as the Hub wants
+            "source": f"depth {record.schema}: {record.method} energy x {carbon['basis']} "
+                      f"({carbon.get('label', 'estimate')})",
+            "training_type": "fine-tuning" if record.parent else "pre-training",
+            "geographical_location": location or "unknown (world-average grid intensity)",
+            "hardware_used": hardware_used(record),
+        }
+    meta["depth"] = energy  # the Hub's schema has no energy field: ours rides beside it
+    return meta
+
+
+def card_yaml(record: Provenance) -> str:
+    """The ``---``-fenced YAML block that opens a model card."""
+    import yaml
+
+    return "---\n" + yaml.safe_dump(card_metadata(record), sort_keys=False) + "---\n"
