@@ -73,3 +73,26 @@ def test_a_resumed_child_keeps_its_parent(lineage):
     _, b, _ = lineage
     state = torch.load(b, weights_only=True)["callbacks"]["DepthCallback"]
     assert state["parent"]["record_sha256"] == read_provenance(lineage[0]).record_sha256
+
+
+def test_card_has_hub_co2_fields_and_our_energy(lineage, tmp_path):
+    import yaml
+
+    out = subprocess.run([sys.executable, "-m", "depth.cli", "card", lineage[2], "--output",
+                          tmp_path / "README.md"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    text = (tmp_path / "README.md").read_text()
+    assert text.startswith("---\n") and text.endswith("---\n")
+    meta = yaml.safe_load(text.strip("-\n"))
+    record = read_provenance(lineage[2])
+    co2 = meta["co2_eq_emissions"]
+    assert co2["emissions"] == pytest.approx(record.carbon["kg_co2eq"] * 1000, abs=1e-6)
+    assert co2["training_type"] == "fine-tuning"  # C has a parent
+    assert "world-average" in co2["source"] and co2["hardware_used"]
+    assert meta["depth"]["depth_joules"] == pytest.approx(record.depth_joules)
+    assert meta["depth"]["train_joules"] == pytest.approx(record.train_joules)
+    assert meta["depth"]["record_sha256"] == record.record_sha256
+    a = subprocess.run([sys.executable, "-m", "depth.cli", "card", lineage[0]],
+                       capture_output=True, text=True, timeout=120)
+    assert yaml.safe_load(a.stdout.strip("-\n"))["co2_eq_emissions"]["training_type"] == \
+        "pre-training"
