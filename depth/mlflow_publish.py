@@ -16,6 +16,7 @@ from typing import Any
 
 RUN_ARTIFACT = "depth/provenance.json"
 MODEL_ARTIFACT = "depth_provenance.json"
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 TAG_FIELDS = ("train_joules", "train_kwh", "optimizer_steps", "train_tokens", "method",
               "weights_sha256", "wasted_joules")
 
@@ -37,12 +38,17 @@ def publish_checkpoint(client: Any, run_id: str, record: Mapping[str, Any], step
     """Writes a checkpoint's record to its run and as a new LoggedModel; returns its id.
 
     The run gets the ``depth.*`` tags (the latest checkpoint's) and ``depth/provenance.json``;
-    the LoggedModel (source run, ``depth.step``) gets the same tags, the record as an
-    artifact, and ``depth.train_joules``/``depth.train_kwh`` as model metrics at `step`.
+    the LoggedModel (source run, ``depth.step``, a run output at `step`) gets the same tags,
+    the record as an artifact, and ``depth.train_joules``/``depth.train_kwh`` as model
+    metrics at `step`. An experiment of no kind yet is marked as model training, so that
+    the MLflow 3 UI shows its models view rather than the GenAI one.
     """
-    from mlflow.entities import Metric, RunTag
+    from mlflow.entities import LoggedModelOutput, Metric, RunTag
 
     run = client.get_run(run_id)
+    experiment = client.get_experiment(run.info.experiment_id)
+    if EXPERIMENT_KIND not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     tags = depth_tags(record)
     text = json.dumps(record, indent=2, sort_keys=True)
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
@@ -59,6 +65,7 @@ def publish_checkpoint(client: Any, run_id: str, record: Mapping[str, Any], step
                model_id=model.model_id),
         Metric("depth.train_kwh", float(record["train_joules"]) / 3.6e6, now_ms, step,
                model_id=model.model_id)])
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
     client.finalize_logged_model(model.model_id, "READY")
     return model.model_id
 

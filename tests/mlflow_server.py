@@ -19,13 +19,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def mlflow_server(root: Path, timeout_s: float = 90.0) -> Iterator[str]:
-    """Starts a server and yields its URI; stops it on exit."""
+def mlflow_server(root: Path, timeout_s: float = 90.0,
+                  backend: str | None = None) -> Iterator[str]:
+    """Starts a server (on `backend`, default a new SQLite store under `root`) and yields
+    its URI; stops it on exit."""
     port = free_port()
     root.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root}/server.db",
+         "--backend-store-uri", backend or f"sqlite:///{root}/server.db",
          "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"))
     uri = f"http://127.0.0.1:{port}"
