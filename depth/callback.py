@@ -30,10 +30,12 @@ from depth.tokens import token_counter
 from depth.tracking import (
     BufferedMetricWriter,
     MetricWriterProcess,
+    default_tracking_uri,
     end_run,
     is_mlflow_logger,
     open_run,
     tracking_uri_of,
+    unreachable,
 )
 
 SYNC_MODES = ("none", "log", "step")
@@ -400,11 +402,19 @@ class DepthCallback(Callback):
     def _make_sinks(self, trainer: pl.Trainer) -> list[Any]:
         sinks: list[Any] = []
         kind = self._writer_kind(trainer)
-        runs = [(tracking_uri_of(lg), lg.run_id) for lg in trainer.loggers if is_mlflow_logger(lg)]
+        mlflow_loggers = [lg for lg in trainer.loggers if is_mlflow_logger(lg)]
         sinks += [_DirectSink(lg) for lg in trainer.loggers if not is_mlflow_logger(lg)]
-        if not runs and self.tracking:
+        uris = [tracking_uri_of(lg) for lg in mlflow_loggers]
+        if not mlflow_loggers and self.tracking:
+            uris = [self.own_run[0] if self.own_run else default_tracking_uri()]
+        down = {uri: why for uri in set(uris) if (why := unreachable(uri)) is not None}
+        for uri, why in down.items():
+            self._warn(f"MLflow tracking server {uri} is unreachable ({why}); energy metrics "
+                       "and records are not sent there this fit (checkpoints still carry them)")
+        runs = [(uri, lg.run_id) for uri, lg in zip(uris, mlflow_loggers) if uri not in down]
+        if not mlflow_loggers and self.tracking and not down:
             if self.own_run is None:  # one run for every fit of this callback
-                self.own_run = open_run(self.experiment_name)
+                self.own_run = open_run(self.experiment_name, tracking_uri=uris[0])
             runs.append(self.own_run)
         for uri, run_id in runs:
             if kind == "process":

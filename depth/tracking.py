@@ -363,6 +363,26 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{DEFAULT_STORE_DIR}/mlflow.db"
 
 
+def unreachable(uri: str, timeout_s: float = 2.0) -> str | None:
+    """Why a tracking server cannot be used now (one line), or ``None`` when it answers.
+
+    Only ``http(s)://`` URIs are probed (``GET /health``); MLflow's own client would retry
+    an unreachable server for minutes, stalling whoever asked.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered: a server without /health, or behind auth
+    except (OSError, ValueError) as err:
+        return f"{type(err).__name__}: {getattr(err, 'reason', err)}"
+
+
 def artifacts_beside(uri: str) -> str | None:
     """For a SQLite store, ``artifacts/`` next to the database file (MLflow's own default,
     ``./mlruns`` under the working directory, would scatter artifacts wherever a script

@@ -34,3 +34,26 @@ def test_provenance_round_trip_through_a_tracking_server(tmp_path):
         for source in (f"runs:/{logger.run_id}", model_id, "models:/remote-gpt/1"):
             assert read_provenance(source, tracking_uri=uri).record_sha256 == \
                 record["record_sha256"]
+
+
+def test_an_unreachable_server_is_detected_fast_and_never_stalls_training(tmp_path, monkeypatch):
+    import time
+    import warnings
+
+    from tests.mlflow_server import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+    callback = DepthCallback(ClockMeter())
+    trainer = pl.Trainer(callbacks=[callback], logger=False, max_epochs=1,
+                         default_root_dir=tmp_path, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", devices=1)
+    t0 = time.monotonic()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(TinyLM(), loader(n=24))
+    assert time.monotonic() - t0 < 30  # MLflow's own retries would take minutes
+    assert sum(dead in str(w.message) for w in caught) == 1
+    assert callback.own_run is None
+    record = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)["depth"]
+    assert record["optimizer_steps"] == 6  # the checkpoint's record is always written
