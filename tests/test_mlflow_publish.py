@@ -143,3 +143,11 @@ def as_record(record: dict) -> dict:
     from depth import Provenance
 
     return Provenance.from_dict(record).to_dict()
+
+
+def test_the_suite_leaves_the_repositorys_store_alone():
+    """Guard for the fixtures above: no test run lands in ./mlruns of the checkout."""
+    import os
+
+    assert os.environ["MLFLOW_TRACKING_URI"].startswith("sqlite:///")
+    assert "mlruns" not in os.environ["MLFLOW_TRACKING_URI"].split("/")[-2:]
