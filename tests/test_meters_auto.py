@@ -79,3 +79,25 @@ def test_make_meter_passes_a_meter_through_and_builds_by_name(tmp_path):
     rapl = make_meter("rapl", root=tmp_path)
     assert rapl.method == "rapl"
     assert make_meter(rapl) is rapl
+
+
+def test_without_codecarbon_the_estimate_is_rejected_with_a_reason_not_a_crash(tmp_path):
+    """As on the GPU image, which has torch, Lightning and nvidia-ml-py only."""
+    import json
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, json
+sys.modules["codecarbon"] = None  # makes `import codecarbon` fail, as when not installed
+from depth.meters import MeterUnavailable, auto_meter
+try:
+    auto_meter(powercap_root={str(tmp_path / "none")!r})
+except MeterUnavailable as err:
+    print(json.dumps({{"unavailable": str(err)}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    message = json.loads(out.stdout)["unavailable"]
+    assert "codecarbon is not installed" in message and "NVML" in message

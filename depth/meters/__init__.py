@@ -164,7 +164,11 @@ def _cpu_meter(cpu: str, powercap_root: Path, sources: list[Source],
             return meter
     rejected = "; ".join(s.reason for s in sources if not s.chosen and s.method == "rapl")
     reason = f"no CPU energy counter ({rejected})" if rejected else "estimate requested"
-    meter = EstimateMeter(reason, **estimate_kwargs)
+    try:
+        meter = EstimateMeter(reason, **estimate_kwargs)
+    except MeterUnavailable as err:
+        sources.append(Source("estimate", False, str(err)))
+        return None
     sources.append(Source("estimate", True, f"{reason}; CodeCarbon model: "
                           f"{meter.basis['cpu_model']}, TDP {meter.tdp_w:g} W "
                           f"({meter.basis['tdp_source']}), RAM {meter.ram_power_w:g} W",

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from depth.meters.base import BackgroundSampler
+from depth.meters.base import BackgroundSampler, MeterUnavailable
 
 
 def cpu_power_w(tdp_w: float, load: float) -> float:
@@ -108,6 +108,11 @@ class EstimateMeter:
         if period_s <= 0:
             raise ValueError(f"period_s must be > 0, got {period_s}")
         self.reason = reason
+        if tdp_w is None or (ram_power_w is None and include_dram):
+            try:
+                import codecarbon  # noqa: F401
+            except ImportError as err:  # converted at the boundary, like vendor errors
+                raise MeterUnavailable(f"estimate: codecarbon is not installed ({err})") from None
         if tdp_w is None:
             cpu_model, tdp_w, in_table = codecarbon_cpu_tdp()
             tdp_source = ("CodeCarbon's CPU table" if in_table else
