@@ -485,10 +485,9 @@ class DepthCallback(Callback):
             observations, _ = self._observe(tokens=None, collective=True)
             reading = {d: v for _, values in observations for d, v in values.items()}
             state = self.ledger.state_dict(reading)
-            state["flags"] = self._flags()
         else:
             state = self.ledger.state_dict()
-            state["flags"] = self._flags()
+        state["flags"] = self._flags()
         state["saved_unix"] = time.time()
         state["parent"] = self.parent
         self._last_state = state

@@ -395,17 +395,23 @@ class Ledger:
                     seg["done"][k][device] = value
         self._emit_ready(force=True)
         devices = {d: final[d] - seg["start"][d] for d in seg["start"]}
-        segment = Segment(
-            kind="fit", start_step=seg["start_step"], end_step=seg["last_step"],
-            joules=math.fsum(devices.values()), wall_s=time.time() - seg["wall0"],
-            started=seg["started"], ended=utc_now(), method=seg["method"],
-            hardware=seg["hardware"], devices=devices, tokens=seg["tokens"], sync=seg["sync"],
-            flags=list(dict.fromkeys([*seg["flags"], *flags])))
+        segment = self._open_segment(devices, ended=utc_now(), flags=flags)
         for device, joules in devices.items():
             self.history_devices[device] = self.history_devices.get(device, 0.0) + joules
         self.segments.append(segment)
         self._open = None
         return segment
+
+    def _open_segment(self, devices: Mapping[str, float], ended: str | None,
+                      flags: Sequence[str] = ()) -> Segment:
+        """The open fit as a `Segment`, with its joules per device so far."""
+        seg = self._require_open()
+        return Segment(
+            kind="fit", start_step=seg["start_step"], end_step=seg["last_step"],
+            joules=math.fsum(devices.values()), wall_s=time.time() - seg["wall0"],
+            started=seg["started"], ended=ended, method=seg["method"],
+            hardware=seg["hardware"], devices=dict(devices), tokens=seg["tokens"],
+            sync=seg["sync"], flags=list(dict.fromkeys([*seg["flags"], *flags])))
 
     def add_wasted(self, start_step: int, end_step: int, devices: Mapping[str, float],
                    wall_s: float, started: str, ended: str | None, method: str,
@@ -433,8 +439,7 @@ class Ledger:
 
     # ----------------------------------------------------------------- persistence
 
-    def state_dict(self, reading: Mapping[str, float] | None = None,
-                   t_s: float | None = None) -> dict[str, Any]:
+    def state_dict(self, reading: Mapping[str, float] | None = None) -> dict[str, Any]:
         """The history as of now, the open segment included up to `reading` (exact).
 
         The open segment appears as a segment with ``ended=None``; a resume turns it into
@@ -447,12 +452,7 @@ class Ledger:
         if seg is not None and reading is not None:
             devices = self.snapshot_devices(reading)
             seg_devices = {d: devices[d] - self.history_devices[d] for d in seg["start"]}
-            segments.append(Segment(
-                kind="fit", start_step=seg["start_step"], end_step=seg["last_step"],
-                joules=math.fsum(seg_devices.values()), wall_s=time.time() - seg["wall0"],
-                started=seg["started"], ended=None, method=seg["method"],
-                hardware=seg["hardware"], devices=seg_devices, tokens=seg["tokens"],
-                sync=seg["sync"], flags=list(seg["flags"])).to_dict())
+            segments.append(self._open_segment(seg_devices, ended=None).to_dict())
         return {
             "schema": SCHEMA, "lineage_id": self.lineage_id, "segments": segments,
             "devices": devices, "optimizer_steps": self.optimizer_steps,
