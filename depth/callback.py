@@ -26,6 +26,7 @@ from depth.ledger import BridgingReader, Ledger, Point, utc_now
 from depth.meters import METER_NAMES, EnergyMeter, MeterUnavailable, auto_meter, make_meter
 from depth.provenance import CHECKPOINT_KEY, Provenance, weights_sha256
 from depth.sidecar import SidecarWriter, read_sidecar, sidecar_path
+from depth.spool import Spool, SpoolSink
 from depth.tokens import token_counter
 from depth.tracking import (
     BufferedMetricWriter,
@@ -113,8 +114,9 @@ class DepthCallback(Callback):
             writer process, so MLflow's ~0.2 ms of Python per metric row never competes for
             the training process's GIL (best when CPU cores are idle, as when training on a
             GPU). ``"thread"``: a daemon thread here (best when torch already uses every
-            core, as when training on the CPU). ``"auto"``: process when training on a GPU
-            or when there are more cores than torch threads, else thread.
+            core, as when training on the CPU). ``"auto"``: process when training on a GPU,
+            when there are more cores than torch threads, or for a tracking server (the
+            process notices an outage within a second), else thread.
         tracking: Without an ``MLFlowLogger`` attached, open a run of our own on
             ``MLFLOW_TRACKING_URI`` or the default store ``sqlite:///mlruns/mlflow.db``
             (``False``: no MLflow unless a logger brings it).
@@ -128,6 +130,13 @@ class DepthCallback(Callback):
         region: A region CodeCarbon knows within that country (e.g. ``"california"``).
         pue: The facility's power usage effectiveness (>= 1), when known: the record then
             also carries facility energy, and carbon is computed on it.
+        log_checkpoints: Also upload each checkpoint file that a ``ModelCheckpoint`` saves
+            to its LoggedModel (under ``checkpoint/``), off the training thread.
+        spool_dir: Where metrics and records that a tracking server cannot take now are
+            kept for ``depth sync`` (default: ``depth-spool/`` under the trainer's
+            ``default_root_dir``).
+        tracking_retry_s: How long a batch is retried, off the training thread, when a
+            store that was working starts refusing writes, before it goes to the spool.
 
     Metrics: ``energy/joules`` (whole history), ``energy/step_joules``, ``energy/watts``,
     ``energy/joules_per_token`` (when tokens are known), ``energy/joules/<device>``.
@@ -152,6 +161,9 @@ class DepthCallback(Callback):
         country_iso_code: str | None = None,
         region: str | None = None,
         pue: float | None = None,
+        log_checkpoints: bool = False,
+        spool_dir: str | Path | None = None,
+        tracking_retry_s: float = 30.0,
     ):
         if isinstance(meter, str):
             if meter not in METER_NAMES:
@@ -171,6 +183,7 @@ class DepthCallback(Callback):
             raise ValueError("tokens_per_batch must be a positive int, a callable(batch) -> "
                              f"int, or None; got {tokens_per_batch!r}")
         for name, value in (("sidecar_interval_s", sidecar_interval_s),
+                            ("tracking_retry_s", tracking_retry_s),
                             ("flush_interval_s", flush_interval_s), ("max_lag_s", max_lag_s)):
             if not value > 0:
                 raise ValueError(f"{name} must be > 0; got {value!r}")
@@ -180,6 +193,11 @@ class DepthCallback(Callback):
         if pue is not None and not pue >= 1.0:
             raise ValueError(f"pue must be >= 1 (facility energy over IT energy); got {pue!r}")
         self.country_iso_code, self.region, self.pue = country_iso_code, region, pue
+        self.log_checkpoints = bool(log_checkpoints)
+        self.tracking_retry_s = tracking_retry_s
+        self.spool_dir = Path(spool_dir) if spool_dir is not None else None
+        self._awaiting_files: list[tuple[str, int, float]] = []  # (record digest, step, time)
+        self._own_spool: Spool | None = None
         self._intensity: dict[str, Any] | None = None
         self._parameters: int | None = None
         self._config_sha256: str | None = None
@@ -399,31 +417,48 @@ class DepthCallback(Callback):
         spare_core = (os.cpu_count() or 1) > torch.get_num_threads()
         return "process" if trainer.strategy.root_device.type == "cuda" or spare_core else "thread"
 
+    def _spool(self, trainer: pl.Trainer, uri: str, run_id: str | None) -> Spool:
+        directory = self.spool_dir or Path(trainer.default_root_dir) / "depth-spool"
+        return Spool(directory, uri, run_id, experiment_name=self.experiment_name)
+
     def _make_sinks(self, trainer: pl.Trainer) -> list[Any]:
         sinks: list[Any] = []
         kind = self._writer_kind(trainer)
         mlflow_loggers = [lg for lg in trainer.loggers if is_mlflow_logger(lg)]
         sinks += [_DirectSink(lg) for lg in trainer.loggers if not is_mlflow_logger(lg)]
-        uris = [tracking_uri_of(lg) for lg in mlflow_loggers]
+        targets: list[tuple[str, Any]] = [(tracking_uri_of(lg), lg) for lg in mlflow_loggers]
         if not mlflow_loggers and self.tracking:
-            uris = [self.own_run[0] if self.own_run else default_tracking_uri()]
-        down = {uri: why for uri in set(uris) if (why := unreachable(uri)) is not None}
-        for uri, why in down.items():
-            self._warn(f"MLflow tracking server {uri} is unreachable ({why}); energy metrics "
-                       "and records are not sent there this fit (checkpoints still carry them)")
-        runs = [(uri, lg.run_id) for uri, lg in zip(uris, mlflow_loggers) if uri not in down]
-        if not mlflow_loggers and self.tracking and not down:
-            if self.own_run is None:  # one run for every fit of this callback
-                self.own_run = open_run(self.experiment_name, tracking_uri=uris[0])
-            runs.append(self.own_run)
-        for uri, run_id in runs:
-            if kind == "process":
-                sinks.append(MetricWriterProcess(uri, run_id, self.flush_interval_s))
+            targets = [(self.own_run[0] if self.own_run else default_tracking_uri(), None)]
+        down = {uri: why for uri in {u for u, _ in targets} if (why := unreachable(uri))}
+        for uri, logger in targets:
+            if uri in down:  # nothing waits on the server: everything goes to the spool
+                run_id = (getattr(logger, "_run_id", None) if logger is not None
+                          else self.own_run[1] if self.own_run else None)
+                spool = self._spool(trainer, uri, run_id)
+                self._warn(f"MLflow tracking server {uri} is unreachable ({down[uri]}); energy "
+                           f"metrics and records are spooled to {spool.directory} (replay "
+                           f"with `depth sync {spool.directory}`); checkpoints still carry "
+                           "their records")
+                sinks.append(SpoolSink(spool))
+                continue
+            if logger is not None:
+                run_id = logger.run_id
+            else:
+                if self.own_run is None:  # one run for every fit of this callback
+                    self.own_run = open_run(self.experiment_name, tracking_uri=uri)
+                run_id = self.own_run[1]
+            spool = self._spool(trainer, uri, run_id)
+            if logger is None:
+                self._own_spool = spool
+            remote = uri.startswith(("http://", "https://"))  # fails fast only in a process
+            if kind == "process" or (self.mlflow_writer == "auto" and remote):
+                sinks.append(MetricWriterProcess(uri, run_id, self.flush_interval_s, spool,
+                                                 retry_s=self.tracking_retry_s))
             else:
                 from mlflow import MlflowClient
 
                 sinks.append(BufferedMetricWriter(MlflowClient(uri), run_id,
-                                                  self.flush_interval_s))
+                                                  self.flush_interval_s, spool))
         return sinks
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -514,7 +549,57 @@ class DepthCallback(Callback):
             publish = getattr(sink, "publish_checkpoint", None)
             if callable(publish):
                 publish(record, step=int(state["optimizer_steps"]))
+        if self.log_checkpoints and self._sinks:  # the file is written after this hook
+            self._awaiting_files.append((record["record_sha256"],
+                                         int(state["optimizer_steps"]), time.time()))
         self._flush()
+
+    # ------------------------------------------------------------------ checkpoint files
+
+    def _publish_checkpoint_files(self, trainer: pl.Trainer, final: bool = False) -> None:
+        """Queues the upload of checkpoint files written since their records were made.
+
+        Lightning has no hook after a checkpoint file is written, so the files are found
+        at the next hook: among the paths the ``ModelCheckpoint`` callbacks report, those
+        modified after the record was made, paired with the records in order.
+        """
+        if not self._awaiting_files:
+            return
+        since = self._awaiting_files[0][2] - 0.01
+        paths = {p for cb in trainer.checkpoint_callbacks
+                 for p in (getattr(cb, "best_model_path", ""), getattr(cb, "last_model_path", ""),
+                           *getattr(cb, "best_k_models", {}))
+                 if p}
+        fresh = []
+        for path in paths:
+            try:
+                mtime = os.stat(path).st_mtime
+            except OSError:
+                continue
+            if mtime >= since and not os.path.islink(path):
+                fresh.append((mtime, str(path)))
+        fresh.sort()
+        for (_, path), (digest, step, _) in zip(fresh, self._awaiting_files):
+            for sink in self._sinks:
+                publish = getattr(sink, "publish_file", None)
+                if callable(publish):
+                    publish(path, digest, step)
+        matched = min(len(fresh), len(self._awaiting_files))
+        self._awaiting_files = self._awaiting_files[matched:]
+        if final and self._awaiting_files:
+            self._warn(f"{len(self._awaiting_files)} checkpoint(s) were saved without a "
+                       "ModelCheckpoint (trainer.save_checkpoint): their files are not "
+                       "uploaded; their records are")
+            self._awaiting_files = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                             batch: Any, batch_idx: int) -> None:
+        if self._awaiting_files:
+            self._publish_checkpoint_files(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._awaiting_files:
+            self._publish_checkpoint_files(trainer)
 
     def provenance(self, state: Mapping[str, Any], digest: str | None = None) -> Provenance:
         """The record for a ledger state (as saved at a checkpoint)."""
@@ -605,15 +690,24 @@ class DepthCallback(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self._publish_checkpoint_files(trainer, final=True)
         for sink in self._sinks:
             try:
-                sink.close()
+                if isinstance(sink, SpoolSink):
+                    sink.close(failed=self._failed)
+                else:
+                    sink.close()
             except Exception as err:
                 self._warn(f"closing {type(sink).__name__} failed: {err}")
             self.logged_models.extend(getattr(sink, "models", []))
         self._sinks = []
         if self.own_run is not None and trainer.is_global_zero:
-            end_run(*self.own_run, failed=self._failed)
+            status = "FAILED" if self._failed else "FINISHED"
+            if unreachable(self.own_run[0]) is None:
+                end_run(*self.own_run, failed=self._failed)
+            elif self._own_spool is not None:  # the server went away mid-run
+                self._own_spool.end(status)
+        self._own_spool = None
         if self._sidecar is not None:
             self._sidecar.stop(final_write=False)
             self._sidecar = None

@@ -281,6 +281,35 @@ def run_card(args: Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- sync
+
+def _declare_sync(p: ArgumentParser) -> None:
+    p.add_argument("spool", type=str, help="A spool folder (depth-spool/ under the trainer's "
+                   "root by default) or one of its .jsonl files.")
+    p.add_argument("--tracking-uri", type=str, default=None,
+                   help="Replay into this store (default: the one each file was meant for).")
+
+
+def run_sync(args: Namespace) -> int:
+    """`depth sync`: replay what a tracking server missed; each event at most once. Exit
+    status 0 when replayed, 1 when the server is down or refuses, 2 for a bad spool."""
+    from depth.spool import SpoolError, sync_spool
+
+    def progress(line: str) -> None:
+        print(f"  {line}", file=sys.stderr)
+
+    try:
+        report = sync_spool(args.spool, tracking_uri=args.tracking_uri, progress=progress)
+    except SpoolError as err:
+        print(f"depth sync: {err}", file=sys.stderr)
+        return err.status
+    for warning in report.warnings:
+        print(f"depth sync: note: {warning}", file=sys.stderr)
+    print(f"depth sync: {report.files} spool file(s), {report.replayed} events replayed "
+          f"({report.points} metric points), {report.skipped} already replayed before")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "meters": Command("List energy sources found and rejected, then read them.",
                       _declare_meters, run_meters),
@@ -290,6 +319,8 @@ COMMANDS: dict[str, Command] = {
                           _declare_provenance, run_provenance),
     "card": Command("Write Hugging Face model-card metadata (co2_eq_emissions, energy).",
                     _declare_card, run_card),
+    "sync": Command("Replay energy metrics and records spooled while a tracking server was "
+                    "down.", _declare_sync, run_sync),
 }
 
 

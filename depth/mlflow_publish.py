@@ -18,7 +18,7 @@ RUN_ARTIFACT = "depth/provenance.json"
 MODEL_ARTIFACT = "depth_provenance.json"
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 TAG_FIELDS = ("train_joules", "train_kwh", "optimizer_steps", "train_tokens", "method",
-              "weights_sha256", "wasted_joules")
+              "weights_sha256", "wasted_joules", "record_sha256")
 
 
 def depth_tags(record: Mapping[str, Any]) -> dict[str, str]:
@@ -53,6 +53,9 @@ def publish_checkpoint(client: Any, run_id: str, record: Mapping[str, Any], step
     text = json.dumps(record, indent=2, sort_keys=True)
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     client.log_text(run_id, text, RUN_ARTIFACT)
+    existing = find_model(client, run.info.experiment_id, record.get("record_sha256"))
+    if existing is not None:  # published before (a retry or a replay): never twice
+        return existing
     model = client.create_logged_model(
         run.info.experiment_id, name=name or f"{run.info.run_name or 'model'}-step-{step}",
         source_run_id=run_id, tags={**tags, "depth.step": str(step)})
@@ -68,6 +71,42 @@ def publish_checkpoint(client: Any, run_id: str, record: Mapping[str, Any], step
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
     client.finalize_logged_model(model.model_id, "READY")
     return model.model_id
+
+
+def find_model(client: Any, experiment_id: str, digest: str | None) -> str | None:
+    """The LoggedModel already published for a record (by its ``depth.record_sha256``)."""
+    if not digest:
+        return None
+    found = client.search_logged_models(
+        [experiment_id], filter_string=f"tags.`depth.record_sha256` = '{digest}'",
+        max_results=1)
+    return found[0].model_id if found else None
+
+
+def publish_checkpoint_file(client: Any, run_id: str, path: str, digest: str) -> str | None:
+    """Uploads a checkpoint file to the LoggedModel of its record (under ``checkpoint/``);
+    returns a one-line reason when it cannot (the model or the file is gone)."""
+    run = client.get_run(run_id)
+    model_id = find_model(client, run.info.experiment_id, digest)
+    if model_id is None:
+        return f"no LoggedModel with depth.record_sha256={digest} for {path}"
+    if not Path(path).is_file():
+        client.set_logged_model_tags(model_id, {"depth.checkpoint_file": "missing at upload"})
+        return f"checkpoint file {path} was gone before it could be uploaded"
+    client.log_model_artifact(model_id, str(path), artifact_path="checkpoint")
+    client.set_logged_model_tags(model_id, {"depth.checkpoint_file": Path(path).name})
+    return None
+
+
+def publish_event(client: Any, run_id: str,
+                  event: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """Publishes one queued checkpoint event: ``{"record", "step"}`` or ``{"file",
+    "record_sha256", "step"}``. Returns (the LoggedModel id of a record, a one-line reason a
+    file was not uploaded)."""
+    if "file" in event:
+        return None, publish_checkpoint_file(client, run_id, event["file"],
+                                             event["record_sha256"])
+    return publish_checkpoint(client, run_id, event["record"], int(event["step"])), None
 
 
 def register_model(model: str, name: str, client: Any = None) -> Any:

@@ -36,16 +36,22 @@ class BufferedMetricWriter:
         client: An ``mlflow.MlflowClient`` (``MLFlowLogger.experiment``).
         run_id: The run to write to.
         interval_s: How often the background thread sends what is queued.
+        spool: Where what the store refuses goes (`depth.spool.Spool`); without one, it
+            stays queued in memory and is retried.
 
-    A failed send keeps the points queued for the next attempt and warns once.
+    A failed send warns once. With a spool, the refused batch is spooled at once (MLflow's
+    client has retried it already); without one, it stays queued for the next attempt.
     """
 
-    def __init__(self, client: Any, run_id: str, interval_s: float = 1.0):
+    def __init__(self, client: Any, run_id: str, interval_s: float = 1.0,
+                 spool: Any = None):
         self._client = client
         self.run_id = run_id
         self.interval_s = interval_s
+        self.spool = spool
         self._queue: list[Any] = []
-        self._checkpoints: list[tuple[dict[str, Any], int]] = []
+        self._checkpoints: list[dict[str, Any]] = []
+        self._inflight: tuple[list[Any], list[dict[str, Any]]] = ([], [])
         self.models: list[tuple[int, str]] = []  # (step, LoggedModel id) per checkpoint
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -63,16 +69,21 @@ class BufferedMetricWriter:
 
     def log_points(self, points: Iterable[Sequence[Any]]) -> None:
         """Queues ``(key, value, timestamp_ms, step)`` points."""
-        from mlflow.entities import Metric
-
-        metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in points]
         with self._lock:
-            self._queue.extend(metrics)
+            self._queue.extend([k, float(v), int(ts), int(step)] for k, v, ts, step in points)
 
     def publish_checkpoint(self, record: Mapping[str, Any], step: int) -> None:
         """Queues a checkpoint's record for the run tags, artifact and a LoggedModel."""
+        self.publish_events([{"record": dict(record), "step": int(step)}])
+
+    def publish_file(self, path: str, record_sha256: str, step: int) -> None:
+        """Queues a checkpoint file's upload to the LoggedModel of its record."""
+        self.publish_events([{"file": str(path), "record_sha256": record_sha256,
+                              "step": int(step)}])
+
+    def publish_events(self, events: Iterable[Mapping[str, Any]]) -> None:
         with self._lock:
-            self._checkpoints.append((dict(record), int(step)))
+            self._checkpoints.extend(dict(e) for e in events)
         self._wake.set()
 
     def _loop(self) -> None:
@@ -80,66 +91,118 @@ class BufferedMetricWriter:
             self._wake.wait(self.interval_s)
             self._wake.clear()
             self._send()
+        self._send()  # what was queued before close
 
     def _send(self) -> None:
-        self._send_metrics()
-        self._send_checkpoints()
+        with self._send_lock:
+            if self._send_metrics():
+                self._send_checkpoints()
 
     def _send_checkpoints(self) -> None:
-        from depth.mlflow_publish import publish_checkpoint
+        from depth.mlflow_publish import publish_event
 
-        with self._send_lock:
-            while True:
-                with self._lock:
-                    if not self._checkpoints:
-                        return
-                    record, step = self._checkpoints[0]
-                try:
-                    model_id = publish_checkpoint(self._client, self.run_id, record, step)
-                except Exception as err:  # kept for the next attempt; said once
-                    self._warn_once(err)
-                    return
-                with self._lock:
-                    self._checkpoints.pop(0)
-                    self.models.append((step, model_id))
-
-    def _warn_once(self, err: BaseException) -> None:
-        if self.error is None:
-            self.error = f"{type(err).__name__}: {err}".splitlines()[0]
-            warnings.warn(f"depth: MLflow writes failed ({self.error}); kept in memory and "
-                          "retried", stacklevel=3)
-
-    def _send_metrics(self) -> None:
-        with self._send_lock:
+        while True:
             with self._lock:
-                batch, self._queue = self._queue, []
+                if not self._checkpoints:
+                    return
+                event = self._checkpoints.pop(0)
+                self._inflight = ([], [event])
+            try:
+                model_id, problem = publish_event(self._client, self.run_id, event)
+            except Exception as err:
+                self._refused(err, [], [event])
+                return
+            finally:
+                self._inflight = ([], [])
+            if model_id is not None:
+                self.models.append((int(event["step"]), model_id))
+            if problem:
+                warnings.warn(f"depth: {problem}", stacklevel=2)
+
+    def _send_metrics(self) -> bool:
+        from mlflow.entities import Metric
+
+        with self._lock:
+            batch, self._queue = self._queue, []
+            self._inflight = (batch, [])
+        try:
             while batch:
                 chunk = batch[:MAX_METRICS_PER_BATCH]
                 try:
-                    self._client.log_batch(self.run_id, metrics=chunk)
-                except Exception as err:  # keep the points; say so once
-                    with self._lock:
-                        self._queue[:0] = batch
-                    self._warn_once(err)
-                    return
+                    self._client.log_batch(self.run_id, metrics=[
+                        Metric(k, v, ts, step) for k, v, ts, step in chunk])
+                except Exception as err:
+                    self._refused(err, batch, [])
+                    return False
                 self.sent += len(chunk)
                 batch = batch[MAX_METRICS_PER_BATCH:]
+                self._inflight = (batch, [])
+            return True
+        finally:
+            self._inflight = ([], [])
 
-    def flush(self, wait: bool = True) -> bool:
-        """Sends everything queued now, on the caller's thread; True when nothing is left."""
-        self._send()
-        return self.pending == 0
+    def _refused(self, err: BaseException, points: list[Any],
+                 checkpoints: list[dict[str, Any]]) -> None:
+        """The store refused: spool (or, without a spool, queue again), and say so once."""
+        if self.spool is not None:
+            self.spool.add_points(points)
+            self.spool.add_checkpoints(checkpoints)
+        else:
+            with self._lock:
+                self._queue[:0] = points
+                self._checkpoints[:0] = checkpoints
+        if self.error is None:
+            self.error = f"{type(err).__name__}: {err}".splitlines()[0]
+            where = (f"spooled to {self.spool.path}; replay with `depth sync "
+                     f"{self.spool.directory}`" if self.spool is not None
+                     else "kept in memory and retried")
+            warnings.warn(f"depth: MLflow writes failed ({self.error}); {where}", stacklevel=3)
+
+    def flush(self, wait: bool = True, timeout_s: float = 60.0) -> bool:
+        """Wakes the writer thread; with `wait`, returns once what is queued has been sent
+        (True) or refused or `timeout_s` passed (False). Never sends on the caller's thread,
+        whose MLflow client could retry a dead server for minutes."""
+        if not self._thread.is_alive():
+            self._send()
+            return self.pending == 0
+        self._wake.set()
+        if not wait:
+            return True
+        deadline = time.monotonic() + (timeout_s if self.error is None else 2.0)
+        while (self.pending or self._busy) and time.monotonic() < deadline:
+            if self.error is not None and self.spool is not None and not self._busy:
+                break  # refused batches went to the spool; nothing left to wait for
+            self._wake.set()
+            time.sleep(0.01)
+        return self.pending == 0 and not self._busy
+
+    @property
+    def _busy(self) -> bool:
+        return self._send_lock.locked()
 
     @property
     def pending(self) -> int:
         with self._lock:
             return len(self._queue) + len(self._checkpoints)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Sends what is queued, waiting up to `timeout_s` (2 s once the store has refused
+        writes); whatever is still unsent then goes to the spool."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=10)
-        self._send()
+        self._thread.join(timeout=timeout_s if self.error is None else 2.0)
+        if not self._thread.is_alive() and self.pending == 0:
+            return
+        with self._lock:  # stuck in a request, or refused: spool the rest, in flight too
+            points = self._inflight[0] + self._queue
+            checkpoints = self._inflight[1] + self._checkpoints
+            self._queue, self._checkpoints = [], []
+        if self.spool is not None:
+            self.spool.add_points(points)
+            self.spool.add_checkpoints(checkpoints)
+        elif points or checkpoints:
+            warnings.warn(f"depth: {len(points)} metric points and {len(checkpoints)} "
+                          f"checkpoint events could not be written ({self.error})", stacklevel=2)
 
 
 def tracking_uri_of(logger: Any) -> str:
@@ -160,19 +223,30 @@ class MetricWriterProcess:
     batch is kept until the writer acknowledges it; if the writer dies, unacknowledged
     and queued points go to an in-process `BufferedMetricWriter`, so none are lost.
 
+    When the store refuses a batch (its server is down: the writer process fails fast, see
+    `depth.metric_writer`), the batch goes to the `spool`, and at `close` whatever is still
+    unacknowledged goes there too, after at most 2 s of waiting once an outage is known.
+
     Args:
         tracking_uri: The MLflow tracking URI of the run.
         run_id: The run to write to.
         interval_s: How often queued points are shipped.
+        spool: A `depth.spool.Spool` for what cannot be stored; without one, refused
+            batches are reported at `close` as lost.
+        retry_s: How long the writer retries a batch while the store had been working,
+            before it is refused (then spooled).
     """
 
-    def __init__(self, tracking_uri: str, run_id: str, interval_s: float = 1.0):
+    def __init__(self, tracking_uri: str, run_id: str, interval_s: float = 1.0,
+                 spool: Any = None, retry_s: float = 30.0):
         import subprocess
         import sys
 
         self.tracking_uri = tracking_uri
         self.run_id = run_id
         self.interval_s = interval_s
+        self.spool = spool
+        self._down = False  # the last reply was a refusal; no acknowledgement since
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queue: list[list[Any]] = []
@@ -186,9 +260,10 @@ class MetricWriterProcess:
         self.error: str | None = None
         self.sent = 0
         self._closing = False
+        self._abandoned = False
         self._wake = threading.Event()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "depth.metric_writer", tracking_uri, run_id],
+            [sys.executable, "-m", "depth.metric_writer", tracking_uri, run_id, str(retry_s)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, bufsize=1)
         self._reader = threading.Thread(target=self._read_replies, name="depth-mlflow-acks",
@@ -206,8 +281,16 @@ class MetricWriterProcess:
 
     def publish_checkpoint(self, record: Mapping[str, Any], step: int) -> None:
         """Queues a checkpoint's record for the run tags, artifact and a LoggedModel."""
+        self.publish_events([{"record": dict(record), "step": int(step)}])
+
+    def publish_file(self, path: str, record_sha256: str, step: int) -> None:
+        """Queues a checkpoint file's upload to the LoggedModel of its record."""
+        self.publish_events([{"file": str(path), "record_sha256": record_sha256,
+                              "step": int(step)}])
+
+    def publish_events(self, events: Iterable[Mapping[str, Any]]) -> None:
         with self._lock:
-            self._checkpoints.append({"record": dict(record), "step": int(step)})
+            self._checkpoints.extend(dict(e) for e in events)
         self._wake.set()
 
     # ------------------------------------------------------------------ threads
@@ -245,22 +328,40 @@ class MetricWriterProcess:
                 reply = json.loads(line)
             except ValueError:
                 continue
+            refused: tuple[list[Any], list[Any]] = ([], [])
             with self._cond:
                 if "ack" in reply:
                     points, _ = self._unacked.pop(reply["ack"], ([], []))
                     self.sent += len(points)
                     self.models.extend((int(s), m) for s, m in reply.get("models", []))
+                    self._down = False
                 elif "failed" in reply:
                     points, checkpoints = self._unacked.pop(reply["failed"], ([], []))
-                    self._failed.extend(points)
-                    self._failed_checkpoints.extend(checkpoints)
-                elif "error" in reply and self.error is None:
-                    self.error = reply["error"]
-                    warnings.warn(f"depth: MLflow at {self.tracking_uri} refused metrics "
-                                  f"({self.error}); retrying", stacklevel=2)
+                    if self.spool is not None:
+                        refused = (points, checkpoints)  # spooled below, not under the lock
+                    else:
+                        self._failed.extend(points)
+                        self._failed_checkpoints.extend(checkpoints)
+                    self._down = True
+                elif "error" in reply:
+                    self._down = True
+                    if self.error is None:
+                        self.error = reply["error"]
+                        where = (f"what it refuses is spooled to {self.spool.directory}; "
+                                 f"replay with `depth sync {self.spool.directory}`"
+                                 if self.spool is not None else "retrying")
+                        warnings.warn(f"depth: MLflow at {self.tracking_uri} refused writes "
+                                      f"({self.error}); {where}", stacklevel=2)
+                elif "warning" in reply:
+                    warnings.warn(f"depth: {reply['warning']}", stacklevel=2)
                 self._cond.notify_all()
+            if refused[0] or refused[1]:
+                self.spool.add_points(refused[0])
+                self.spool.add_checkpoints(refused[1])
         # End of output: the writer exited. Anything not acknowledged is written here.
         with self._cond:
+            if self._abandoned:
+                return  # `close` spools what is unacknowledged
             if not self._closing and self.error is None:
                 self.error = "metric writer process exited"
             if self._unacked or self._queue or self._checkpoints or not self._closing:
@@ -273,7 +374,7 @@ class MetricWriterProcess:
             from mlflow import MlflowClient
 
             self._fallback = BufferedMetricWriter(MlflowClient(self.tracking_uri), self.run_id,
-                                                  self.interval_s)
+                                                  self.interval_s, spool=self.spool)
         points = [p for seq in sorted(self._unacked) for p in self._unacked[seq][0]]
         checkpoints = [c for seq in sorted(self._unacked) for c in self._unacked[seq][1]]
         self._fallback_log(points + self._queue, checkpoints + self._checkpoints)
@@ -283,19 +384,19 @@ class MetricWriterProcess:
     def _fallback_log(self, points: list[list[Any]], checkpoints: list[dict[str, Any]]) -> None:
         assert self._fallback is not None
         self._fallback.log_points(points)
-        for event in checkpoints:
-            self._fallback.publish_checkpoint(event["record"], event["step"])
+        self._fallback.publish_events(checkpoints)
 
     # ------------------------------------------------------------------ control
 
     def flush(self, wait: bool = False, timeout_s: float = 60.0) -> bool:
-        """Ships what is queued; with `wait`, returns once all of it is stored (or timeout)."""
+        """Ships what is queued; with `wait`, returns once all of it is stored (or timeout;
+        2 s while the store refuses writes)."""
         self._ship()
         if self._fallback is not None:
-            self._fallback.flush()
+            self._fallback.flush(wait=False)
         if not wait:
             return True
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + (2.0 if self._down else timeout_s)
         with self._cond:
             while self._unacked and self._fallback is None:
                 left = deadline - time.monotonic()
@@ -303,9 +404,8 @@ class MetricWriterProcess:
                     return False
                 self._cond.wait(min(left, 0.5))
         if self._fallback is not None:
-            self._fallback.flush()
-            return self._fallback.pending == 0
-        return True
+            return self._fallback.flush(wait=True, timeout_s=max(0.0, deadline - time.monotonic()))
+        return not self._unacked
 
     @property
     def pending(self) -> int:
@@ -324,6 +424,17 @@ class MetricWriterProcess:
         stored = self.flush(wait=True, timeout_s=timeout_s)
         self._closing = True
         self._wake.set()
+        if not stored and self.spool is not None and self._fallback is None:
+            self._abandoned = True
+            self._proc.kill()  # it is retrying a store that refuses: spool the rest instead
+            self._proc.wait()
+            self._reader.join(timeout=5)
+            with self._lock:
+                unacked = [self._unacked.pop(seq) for seq in sorted(self._unacked)]
+            for points, checkpoints in unacked:
+                self.spool.add_points(points)
+                self.spool.add_checkpoints(checkpoints)
+            return
         try:
             assert self._proc.stdin is not None
             self._proc.stdin.close()

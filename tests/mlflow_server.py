@@ -18,36 +18,67 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class MlflowServer:
+    """One server that can be stopped and started again on the same port and store (an
+    outage mid-run).
+
+    Args:
+        root: Folder for the SQLite store, artifacts and the server log.
+        backend: Backend store URI (default: ``sqlite:///ROOT/server.db``).
+        port: The port (default: a free one).
+    """
+
+    def __init__(self, root: Path, backend: str | None = None, port: int | None = None):
+        self.root = root
+        self.backend = backend or f"sqlite:///{root}/server.db"
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 90.0) -> str:
+        self.root.mkdir(parents=True, exist_ok=True)
+        log = open(self.root / "server.log", "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+             str(self.port), "--backend-store-uri", self.backend,
+             "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as r:
+                    if r.status == 200:
+                        return self.uri
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("mlflow server did not start: "
+                                   + (self.root / "server.log").read_text()[-2000:])
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        """Kills the server and its workers (an outage, not a graceful shutdown)."""
+        if self.proc is None:
+            return
+        import os
+        import signal
+
+        try:  # uvicorn/gunicorn workers are children: take the whole group down
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            self.proc.kill()
+        self.proc.wait(timeout=15)
+        self.proc = None
+
+
 @contextmanager
 def mlflow_server(root: Path, timeout_s: float = 90.0,
                   backend: str | None = None) -> Iterator[str]:
     """Starts a server (on `backend`, default a new SQLite store under `root`) and yields
     its URI; stops it on exit."""
-    port = free_port()
-    root.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", backend or f"sqlite:///{root}/server.db",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"))
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
+    server = MlflowServer(root, backend)
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("mlflow server did not start: "
-                                   + (root / "server.log").read_text()[-2000:])
-            time.sleep(0.25)
-        yield uri
+        yield server.start(timeout_s)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 from mlflow import MlflowClient
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 
 from depth import DepthCallback, read_provenance
 from depth.mlflow_publish import depth_tags, register_model
 from tests.doubles.meters import ClockMeter
 from tests.lightning_models import TinyLM, loader
-from tests.mlflow_server import mlflow_server
+from tests.mlflow_server import MlflowServer, mlflow_server
 
 
 def test_provenance_round_trip_through_a_tracking_server(tmp_path):
@@ -36,15 +37,23 @@ def test_provenance_round_trip_through_a_tracking_server(tmp_path):
                 record["record_sha256"]
 
 
+def sync_cli(spool, *extra):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "depth.cli", "sync", str(spool), *extra],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_an_unreachable_server_is_detected_fast_and_never_stalls_training(tmp_path, monkeypatch):
     import time
     import warnings
 
-    from tests.mlflow_server import free_port
-
-    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
-    callback = DepthCallback(ClockMeter())
+    server = MlflowServer(tmp_path / "server")  # its port is free: nothing listens yet
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    callback = DepthCallback(ClockMeter(), experiment_name="offline-fit")
     trainer = pl.Trainer(callbacks=[callback], logger=False, max_epochs=1,
                          default_root_dir=tmp_path, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", devices=1)
@@ -53,7 +62,88 @@ def test_an_unreachable_server_is_detected_fast_and_never_stalls_training(tmp_pa
         warnings.simplefilter("always")
         trainer.fit(TinyLM(), loader(n=24))
     assert time.monotonic() - t0 < 30  # MLflow's own retries would take minutes
-    assert sum(dead in str(w.message) for w in caught) == 1
+    assert sum(server.uri in str(w.message) for w in caught) == 1
     assert callback.own_run is None
     record = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)["depth"]
     assert record["optimizer_steps"] == 6  # the checkpoint's record is always written
+    assert list((tmp_path / "depth-spool").glob("*.jsonl"))
+    try:  # the server comes up later; `depth sync` creates the run and fills it
+        server.start()
+        assert "events replayed" in sync_cli(tmp_path / "depth-spool")
+        client = MlflowClient(server.uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("offline-fit").experiment_id])
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "energy/joules")] \
+            == list(range(1, 7))
+        assert run.data.tags["depth.record_sha256"] == record["record_sha256"]
+    finally:
+        server.stop()
+
+
+class Outage(pl.Callback):
+    """Kills the tracking server after `down_at` optimizer steps and starts it again at
+    `up_at`; steps take `step_s`. Records how long each step took, the restart excluded."""
+
+    def __init__(self, server, down_at: int, up_at: int, step_s: float):
+        self.server, self.down_at, self.up_at, self.step_s = server, down_at, up_at, step_s
+        self.step_times: list[float] = []
+        self._last = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import time
+
+        now = time.monotonic()
+        if self._last is not None:
+            self.step_times.append(now - self._last)
+        time.sleep(self.step_s)
+        if trainer.global_step == self.down_at:
+            self.server.stop()
+        if trainer.global_step == self.up_at:
+            self.server.start()
+        self._last = time.monotonic()
+
+
+def test_a_server_killed_mid_run_loses_nothing_after_depth_sync(tmp_path, monkeypatch):
+    import time
+    import warnings
+
+    server = MlflowServer(tmp_path / "server")
+    server.start()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        callback = DepthCallback(ClockMeter(), experiment_name="outage", flush_interval_s=0.1,
+                                 tracking_retry_s=0.5)
+        outage = Outage(server, down_at=8, up_at=20, step_s=0.25)
+        checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5,
+                                      save_top_k=-1)
+        trainer = pl.Trainer(callbacks=[callback, outage, checkpoints], logger=False,
+                             max_steps=28, default_root_dir=tmp_path,
+                             enable_progress_bar=False, enable_model_summary=False,
+                             accelerator="cpu", devices=1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            t0 = time.monotonic()
+            trainer.fit(TinyLM(), loader(n=400))
+            end_s = time.monotonic() - t0 - sum(outage.step_times)
+        assert max(outage.step_times) < 3.0  # the outage never stalled a step
+        assert end_s < 30  # nor the end of training
+        assert sum(server.uri in str(w.message) for w in caught) == 1
+        uri, run_id = callback.own_run
+        client = MlflowClient(uri)
+        before = {m.step for m in client.get_metric_history(run_id, "energy/joules")}
+        assert len(before) < 28  # the outage left a gap ...
+        spooled = list((tmp_path / "depth-spool").glob("*.jsonl"))
+        assert spooled  # ... that is in the spool, with the checkpoints at steps 10 and 15
+        assert sum(f.read_text().count('"checkpoint"') for f in spooled) >= 2
+        sync_cli(tmp_path / "depth-spool")
+        sync_cli(tmp_path / "depth-spool")  # twice: still nothing twice
+        joules = client.get_metric_history(run_id, "energy/joules")
+        assert sorted(m.step for m in joules) == list(range(1, 29))
+        files = sorted((tmp_path / "ckpt").glob("*.ckpt"))
+        records = {torch.load(f, weights_only=True)["depth"]["record_sha256"] for f in files}
+        experiment = client.get_run(run_id).info.experiment_id
+        models = client.search_logged_models([experiment])
+        assert sorted(m.tags["depth.record_sha256"] for m in models) == sorted(records)
+        assert client.get_run(run_id).info.status == "FINISHED"
+    finally:
+        server.stop()
