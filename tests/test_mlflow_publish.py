@@ -151,3 +151,41 @@ def test_the_suite_leaves_the_repositorys_store_alone():
 
     assert os.environ["MLFLOW_TRACKING_URI"].startswith("sqlite:///")
     assert "mlruns" not in os.environ["MLFLOW_TRACKING_URI"].split("/")[-2:]
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_log_checkpoints_uploads_each_file_to_its_logged_model(tmp_path, writer):
+    uri, logger = sqlite_mlflow_logger(tmp_path, "depth-files")
+    callback = DepthCallback(ClockMeter(), mlflow_writer=writer, log_checkpoints=True)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3,
+                                  save_top_k=-1)
+    trainer = pl.Trainer(callbacks=[callback, checkpoints], logger=logger, max_steps=9,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", devices=1, default_root_dir=tmp_path)
+    trainer.fit(TinyLM(), loader(n=200))
+    client = MlflowClient(uri)
+    files = {int(p.stem.split("step=")[1]): p for p in (tmp_path / "ckpt").glob("*.ckpt")}
+    assert sorted(step for step, _ in callback.logged_models) == sorted(files) == [3, 6, 9]
+    for step, model_id in callback.logged_models:
+        model = client.get_logged_model(model_id)
+        assert model.tags["depth.checkpoint_file"] == files[step].name
+        uploaded = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{model.artifact_location}/checkpoint/{files[step].name}",
+            dst_path=str(tmp_path / f"download-{step}")))
+        assert uploaded.read_bytes() == files[step].read_bytes()
+        record = torch.load(uploaded, weights_only=True)["depth"]
+        assert record["record_sha256"] == model.tags["depth.record_sha256"]
+
+
+def test_without_log_checkpoints_no_file_is_uploaded(tmp_path):
+    uri, logger = sqlite_mlflow_logger(tmp_path, "depth-nofiles")
+    callback = DepthCallback(ClockMeter(), mlflow_writer="thread")
+    trainer = pl.Trainer(callbacks=[callback], logger=logger, max_steps=3,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", devices=1, default_root_dir=tmp_path)
+    trainer.fit(TinyLM(), loader(n=40))
+    (_, model_id), = callback.logged_models
+    model = MlflowClient(uri).get_logged_model(model_id)
+    assert "depth.checkpoint_file" not in model.tags
+    assert [a.path for a in MlflowClient(uri).list_logged_model_artifacts(model_id)] == [
+        MODEL_ARTIFACT]
