@@ -239,6 +239,9 @@ class DepthCallback(Callback):
         self._loaded_saved_unix: float | None = None
         self._loaded_saved_at: str | None = None
         self.logged_models: list[tuple[int, str]] = []  # (step, MLflow LoggedModel id)
+        self._latest: Point | None = None
+        self._fit_tokens: int | None = 0
+        self._fit_joules = 0.0
 
     # ------------------------------------------------------------------ set-up
 
@@ -389,6 +392,7 @@ class DepthCallback(Callback):
                           self.sync)
         self._last_global_step = trainer.global_step
         self._pending_tokens = 0
+        self._latest, self._fit_tokens, self._fit_joules = None, 0, 0.0
         own = self._baseline[self._rank if len(self._baseline) > 1 else 0][1]
         self._sidecar_base = {d: self.ledger.history_devices[d] - v for d, v in own.items()
                               if d not in self._excluded}
@@ -482,8 +486,26 @@ class DepthCallback(Callback):
         self.ledger.step(step, observations, tokens, log=log)
         self._emit(trainer)
 
+    def progress(self) -> dict[str, float]:
+        """The latest energy figures, for a progress bar: ``J`` (cumulative joules), ``W``
+        (mean watts since the previous point) and ``tok/Wh`` (training tokens per Wh over
+        this fit, when tokens are known)."""
+        point = self._latest
+        if point is None:
+            return {}
+        out = {"J": round(point.joules, 1), "W": round(point.watts, 1)}
+        if self._fit_tokens is not None and self._fit_joules > 0:
+            out["tok/Wh"] = round(self._fit_tokens / (self._fit_joules / 3600.0))
+        return out
+
     def _emit(self, trainer: pl.Trainer) -> None:
         points = self.ledger.pop_points()
+        if points:
+            self._latest = points[-1]
+            for point in points:
+                self._fit_joules += point.interval_joules
+                self._fit_tokens = (None if point.tokens is None or self._fit_tokens is None
+                                    else self._fit_tokens + point.tokens)
         if not points or not trainer.is_global_zero:
             return
         per_device = (self.log_per_device if self.log_per_device is not None

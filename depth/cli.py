@@ -310,6 +310,122 @@ def run_sync(args: Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- train, run
+
+def _declare_train(p: ArgumentParser) -> None:
+    from depth.recipe import declare
+
+    declare(p)
+
+
+def _recipe_of(args: Namespace) -> Any:
+    from depth.recipe import declare, to_recipe
+
+    parser = ArgumentParser(exit_on_error=False)
+    declare(parser)
+    try:
+        return to_recipe(parser, args)
+    except (TypeError, ValueError) as err:
+        raise UsageError(" ".join(str(err).split())) from None
+
+
+def _train(recipe: Any) -> Any:
+    from depth.train import train
+
+    try:
+        return train(recipe)
+    except ValueError as err:  # data or recipe problems found once the data is read
+        raise UsageError(" ".join(str(err).split())) from None
+
+
+def run_train(args: Namespace) -> int:
+    """`depth train RECIPE [--field value ...]`: train a recipe with depth measuring."""
+    result = _train(_recipe_of(args))
+    _print_training(result)
+    return 0
+
+
+def _print_training(result: Any, extra: Sequence[tuple[str, str]] = ()) -> None:
+    record = result.record
+    joules = record["train_joules"]
+    measured = "estimate" not in record["method"].split("+")
+    tokens = record["segments"][-1].get("tokens") or 0
+    fit_joules = record["segments"][-1]["joules"]
+    rows = [
+        ("checkpoint", result.checkpoint),
+        ("training energy", f"{joules:,.1f} J = {joules / 3.6e6:.6f} kWh"),
+        ("depth (with parents)", f"{record.get('depth_joules', joules):,.1f} J"),
+        ("parameters", f"{result.parameters:,}"),
+        ("joules per parameter", f"{joules / result.parameters:.3g} J/param"),
+        ("training tokens", f"{record.get('train_tokens') or 0:,}"),
+        ("training tokens per Wh", f"{tokens / (fit_joules / 3600):,.0f}" if fit_joules else "-"),
+        ("throughput", f"{result.tokens_per_s:,.0f} tokens/s over {result.wall_s:.1f} s"),
+        ("validation loss",
+         "-" if result.val_loss is None else f"{result.val_loss:.3f} nats/token"),
+        ("method", f"{record['method']} ({'measured' if measured else 'ESTIMATED: no sensor'})"),
+        *extra,
+    ]
+    for name, value in rows:
+        print(f"  {name:<24} {value}")
+
+
+def _ui_command(uri: str | None) -> str:
+    if uri is None:
+        return "(no MLflow store: tracking was off)"
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def _declare_run(p: ArgumentParser) -> None:
+    from depth.recipe import declare
+
+    declare(p)
+
+
+def run_run(args: Namespace) -> int:
+    """`depth run`: the main job: train the default recipe, evaluate, summarize."""
+    recipe = _recipe_of(args)
+    print(f"depth run: training recipe {recipe.name!r} "
+          f"({'GPU' if recipe.train.accelerator == 'gpu' else recipe.train.accelerator}, "
+          f"{recipe.train.max_steps} steps)", file=sys.stderr)
+    result = _train(recipe)
+    print("\ndepth run: summary")
+    _print_training(result, [
+        ("inference tokens per Wh", "not measured: `depth eval` is not in this version yet"),
+        ("break-even served tokens", "needs the inference figure")])
+    print(f"\nMLflow UI: {_ui_command(result.tracking_uri)}   (run {result.run_id})")
+    return 0
+
+
+def default_recipe() -> str:
+    """``gpt2-small`` when a CUDA GPU is present, else ``tiny-cpu``."""
+    import torch
+
+    return "gpt2-small" if torch.cuda.is_available() else "tiny-cpu"
+
+
+def _with_recipe_file(argv: list[str]) -> list[str]:
+    """``depth train RECIPE ...`` (and ``depth run [RECIPE] ...``): the recipe becomes
+    ``--config FILE`` for jsonargparse, a name resolving to ``recipes/NAME.yaml``."""
+    from depth.recipe import recipe_path
+
+    if not argv or argv[0] not in ("train", "run"):
+        return argv
+    rest = argv[1:]
+    if rest and not rest[0].startswith("-"):
+        name, rest = rest[0], rest[1:]
+    elif argv[0] == "run" and "--config" not in rest and not {"-h", "--help"} & set(rest):
+        name = default_recipe()
+    else:
+        return argv
+    try:
+        path = recipe_path(name)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return [argv[0], "--config", str(path), *rest]
+
+
 COMMANDS: dict[str, Command] = {
     "meters": Command("List energy sources found and rejected, then read them.",
                       _declare_meters, run_meters),
@@ -319,6 +435,10 @@ COMMANDS: dict[str, Command] = {
                           _declare_provenance, run_provenance),
     "card": Command("Write Hugging Face model-card metadata (co2_eq_emissions, energy).",
                     _declare_card, run_card),
+    "train": Command("Train a recipe (YAML) with energy measured at every optimizer step.",
+                     _declare_train, run_train),
+    "run": Command("The main job: train the default recipe (tiny-cpu, or gpt2-small on a "
+                   "GPU) and summarize its depth.", _declare_run, run_run),
     "sync": Command("Replay energy metrics and records spooled while a tracking server was "
                     "down.", _declare_sync, run_sync),
 }
@@ -338,7 +458,13 @@ def build_parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``depth`` console script."""
     parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = _with_recipe_file(argv)
+    except UsageError as err:
+        print(f"depth {argv[0]}: {err}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command].run(args[args.command])
     except UsageError as err:
