@@ -52,3 +52,22 @@ def test_bad_data_options_name_the_field(tmp_path):
         tokenize(DataConfig(source="files", path=str(tmp_path / "nothing-here")))
     with pytest.raises(ValueError, match="tokenizer must be one of"):
         make_tokenizer("sentencepiece")
+
+
+def test_the_hub_path_reads_a_dataset_and_its_text_column(tmp_path):
+    """``data.source: hub`` goes through ``load_dataset(name, config)``; a local dataset
+    folder takes the same path offline (a hub name needs the internet)."""
+    import json
+
+    folder = tmp_path / "my-dataset"
+    folder.mkdir()
+    with open(folder / "train.jsonl", "w") as f:
+        for i in range(8):
+            f.write(json.dumps({"id": i, "body": f"story {i}: " + "once upon a time " * 20})
+                    + "\n")
+    config = DataConfig(source="hub", hub_name=str(folder), text_column="body",
+                        val_fraction=0.25, cache_dir=str(tmp_path / "cache"))
+    train, val, _ = tokenize(config)
+    assert "once upon a time" in ByteTokenizer().decode(train[:200].tolist())
+    with pytest.raises(ValueError, match="data.text_column 'text' is not a column"):
+        tokenize(DataConfig(source="hub", hub_name=str(folder), cache_dir=str(tmp_path / "c")))
