@@ -187,6 +187,34 @@ def _logged_model_of(version: Any) -> str | None:
     return source.removeprefix("models:/") if source.startswith("models:/m-") else None
 
 
+def logged_model_id(client: Any, source: str) -> str:
+    """The LoggedModel behind ``m-<id>``, ``models:/m-<id>``, ``models:/NAME/VERSION``,
+    ``models:/NAME@ALIAS``, or ``runs:/<run_id>`` (the run's latest checkpoint's)."""
+    if source.startswith("runs:/"):
+        run_id = source.removeprefix("runs:/").split("/")[0]
+        experiment = client.get_run(run_id).info.experiment_id
+        models = [m for m in client.search_logged_models([experiment])
+                  if m.source_run_id == run_id and "depth.step" in m.tags]
+        if not models:
+            raise ValueError(f"{source}: the run has no checkpoint LoggedModel")
+        return max(models, key=lambda m: int(m.tags["depth.step"])).model_id
+    name = source.removeprefix("models:/")
+    if name.startswith("m-"):
+        model_id = name.split("/")[0]
+    elif "@" in name:
+        registered, alias = name.split("@", 1)
+        model_id = _logged_model_of(client.get_model_version_by_alias(registered, alias))
+    elif "/" in name:
+        registered, version = name.split("/", 1)
+        model_id = _logged_model_of(client.get_model_version(registered, version))
+    else:
+        raise ValueError(f"{source}: give a version (models:/NAME/VERSION) or an alias "
+                         "(models:/NAME@ALIAS)")
+    if not model_id:
+        raise ValueError(f"{source} is a model version without a LoggedModel behind it")
+    return model_id
+
+
 def read_provenance(source: str | Path, tracking_uri: str | None = None,
                     trust: bool = False) -> Provenance:
     """The depth record of a model, wherever it is.
@@ -220,20 +248,7 @@ def read_provenance(source: str | Path, tracking_uri: str | None = None,
             run_id = text.removeprefix("runs:/").split("/")[0]
             uri = f"{client.get_run(run_id).info.artifact_uri}/{RUN_ARTIFACT}"
         else:
-            name = text.removeprefix("models:/")
-            if name.startswith("m-"):
-                model_id = name.split("/")[0]
-            elif "@" in name:
-                registered, alias = name.split("@", 1)
-                model_id = _logged_model_of(client.get_model_version_by_alias(registered, alias))
-            elif "/" in name:
-                registered, version = name.split("/", 1)
-                model_id = _logged_model_of(client.get_model_version(registered, version))
-            else:
-                raise ValueError(f"{text}: give a version (models:/NAME/VERSION) or an alias "
-                                 "(models:/NAME@ALIAS)")
-            if not model_id:
-                raise ValueError(f"{text} is a model version without a LoggedModel behind it")
+            model_id = logged_model_id(client, text)
             uri = f"{client.get_logged_model(model_id).artifact_location}/{MODEL_ARTIFACT}"
         with tempfile.TemporaryDirectory() as tmp:
             path = download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri)

@@ -11,9 +11,10 @@ SMALL = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16)
 
 
 def test_forward_shapes_and_loss():
+    torch.manual_seed(0)
     model = GPT(SMALL)
-    idx = torch.randint(0, 64, (3, 10))
-    logits, loss, cache = model(idx, idx)
+    idx, targets = torch.randint(0, 64, (3, 10)), torch.randint(0, 64, (3, 10))
+    logits, loss, cache = model(idx, targets)
     assert logits.shape == (3, 10, 64)
     assert loss is not None and loss.item() == pytest.approx(torch.log(torch.tensor(64.0)).item(),
                                                              rel=0.05)  # untrained: ~ln V

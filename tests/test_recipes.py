@@ -36,7 +36,8 @@ def test_recipe_sizes_are_what_their_comments_say():
     tiny = load_recipe(RECIPES_DIR / "tiny-cpu.yaml")
     assert tiny.train.accelerator == "cpu" and tiny.data.source == "stdlib"
     finetune = load_recipe(RECIPES_DIR / "finetune-tiny.yaml")
-    assert finetune.init_from == f"{tiny.train.out_dir}/checkpoints/step={tiny.train.max_steps}.ckpt"
+    last = f"{tiny.train.out_dir}/checkpoints/step={tiny.train.max_steps}.ckpt"
+    assert finetune.init_from == last
     assert finetune.model == tiny.model  # the parent's weights must fit
 
 

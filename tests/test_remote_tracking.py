@@ -82,11 +82,13 @@ def test_an_unreachable_server_is_detected_fast_and_never_stalls_training(tmp_pa
 
 class Outage(pl.Callback):
     """Kills the tracking server after `down_at` optimizer steps and starts it again at
-    `up_at`; steps take `step_s`. Records how long each step took, the restart excluded."""
+    `up_at`; steps take `step_s`. Records how long each step took and, apart, how long the
+    test spent stopping and starting the server."""
 
     def __init__(self, server, down_at: int, up_at: int, step_s: float):
         self.server, self.down_at, self.up_at, self.step_s = server, down_at, up_at, step_s
         self.step_times: list[float] = []
+        self.server_s = 0.0
         self._last = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -96,10 +98,12 @@ class Outage(pl.Callback):
         if self._last is not None:
             self.step_times.append(now - self._last)
         time.sleep(self.step_s)
+        t0 = time.monotonic()
         if trainer.global_step == self.down_at:
             self.server.stop()
         if trainer.global_step == self.up_at:
             self.server.start()
+        self.server_s += time.monotonic() - t0
         self._last = time.monotonic()
 
 
@@ -124,9 +128,9 @@ def test_a_server_killed_mid_run_loses_nothing_after_depth_sync(tmp_path, monkey
             warnings.simplefilter("always")
             t0 = time.monotonic()
             trainer.fit(TinyLM(), loader(n=400))
-            end_s = time.monotonic() - t0 - sum(outage.step_times)
+            rest_s = time.monotonic() - t0 - sum(outage.step_times) - outage.server_s
         assert max(outage.step_times) < 3.0  # the outage never stalled a step
-        assert end_s < 30  # nor the end of training
+        assert rest_s < 30  # nor set-up and the end of training (MLflow's retries: minutes)
         assert sum(server.uri in str(w.message) for w in caught) == 1
         uri, run_id = callback.own_run
         client = MlflowClient(uri)

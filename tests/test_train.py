@@ -72,7 +72,7 @@ def test_depth_run_is_the_main_job_and_prints_the_summary(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     for line in ("training energy", "joules per parameter", "training tokens per Wh",
-                 "inference tokens per Wh", "break-even", "method",
+                 "inference tokens per Wh", "break-even", "amortized over 1M", "method",
                  "mlflow ui --backend-store-uri sqlite:///"):
         assert line in out, out
     assert "tiny-cpu" in done.stderr  # no GPU here: the CPU recipe

@@ -1,0 +1,216 @@
+"""`depth eval` and `depth amortize`: a model's inference tokens/Wh set against physics and
+its training energy, written where the model is (next to the checkpoint, and on its MLflow
+LoggedModel)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from depth import physics
+from depth.amortize import amortize
+from depth.inference import EvalConfig, measure
+
+EVAL_SUFFIX = ".depth-eval.json"
+
+
+def held_out_loss(module: Any, recipe: Mapping[str, Any] | None, batches: int) -> float | None:
+    """Mean cross-entropy (nats/token) of `module` on up to `batches` validation batches of
+    the corpus its recipe trained on, or ``None`` without a recipe or with 0 batches."""
+    if not recipe or batches < 1:
+        return None
+    from depth.gpt.data import DataConfig, GPTDataModule
+
+    data = GPTDataModule(DataConfig(**recipe["data"]), recipe["model"]["block_size"],
+                         recipe["train"]["batch_size"])
+    data.setup("validate")
+    losses = []
+    module.eval()
+    with torch.inference_mode():
+        for i, batch in enumerate(data.val_dataloader()):
+            if i >= batches:
+                break
+            _, loss, _ = module.gpt(batch["input_ids"], batch["labels"])
+            losses.append(float(loss))
+    return sum(losses) / len(losses) if losses else None
+
+
+def _eval_meter(device: torch.device, meter: str) -> Any:
+    from depth.meters import auto_meter, make_meter
+
+    if meter != "auto":
+        return make_meter(meter)
+    if device.type == "cuda":
+        return auto_meter([device.index or 0], cpu="off")
+    return auto_meter(gpu="off")
+
+
+def physics_of(result: Mapping[str, Any], vocab_size: int, loss_nats: float | None,
+               flops_per_token: float | None, device: physics.Hardware | None,
+               temperature_k: float = 300.0) -> dict[str, Any]:
+    """Landauer's bound per token, the compute ceiling, and how far the measured figure is
+    from each."""
+    j_per_token = result["joules_per_token"]
+    out: dict[str, Any] = {"temperature_k": temperature_k,
+                           "landauer_j_per_bit": physics.landauer_j_per_bit(temperature_k)}
+    if loss_nats is not None:
+        bits = physics.bits_removed_per_token(vocab_size, loss_nats)
+        bound = physics.landauer_j_per_token(vocab_size, loss_nats, temperature_k)
+        out.update(held_out_loss_nats=loss_nats, bits_removed_per_token=bits,
+                   landauer_j_per_token=bound,
+                   landauer_ratio=j_per_token / bound if bound > 0 else None)
+    if flops_per_token and device is not None:
+        ceiling = physics.ceiling_tokens_per_wh(flops_per_token, device)
+        out.update(hardware=device.name, hardware_source=device.source,
+                   flops_per_token=flops_per_token, ceiling_tokens_per_wh=ceiling,
+                   ceiling_fraction=result["tokens_per_wh"] / ceiling)
+    out["wh_per_million_tokens"] = physics.wh_per_million_tokens(result["tokens_per_wh"])
+    return out
+
+
+def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: str = "auto",
+             hardware: str | None = None, temperature_k: float = 300.0, loss_batches: int = 8,
+             tracking_uri: str | None = None, log: bool = True, trust: bool = False,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measures the model at `source`; returns one JSON-ready object (see `depth eval`)."""
+    from depth.model_source import load_model
+
+    loaded = load_model(source, tracking_uri=tracking_uri, trust=trust, find_in_mlflow=log)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    loss = held_out_loss(loaded.module, loaded.recipe, loss_batches)
+    energy = _eval_meter(dev, meter)
+    try:
+        result = measure(loaded.module, energy.read, config, loaded.vocab_size, dev,
+                         method=energy.method, progress=progress).to_dict()
+    finally:
+        energy.close()
+    device_hw = None
+    if hardware:
+        device_hw = physics.hardware(hardware)
+    elif dev.type == "cuda":
+        try:
+            device_hw = physics.hardware(torch.cuda.get_device_name(dev))
+        except ValueError:
+            device_hw = None
+    result["measured"] = "estimate" not in result["method"].split("+")
+    result["physics"] = physics_of(result, loaded.vocab_size, loss, loaded.flops_per_token,
+                                   device_hw, temperature_k)
+    result["source"] = source
+    result["record_sha256"] = loaded.record.get("record_sha256")
+    result["train_joules"] = loaded.record["train_joules"]
+    result["depth_joules"] = loaded.record.get("depth_joules", loaded.record["train_joules"])
+    result["parameters"] = loaded.record.get("parameters")
+    result["break_even_tokens"] = result["depth_joules"] / result["joules_per_token"]
+    result["logged_model"] = None
+    if not source.startswith(("runs:/", "models:/", "m-")):
+        Path(source + EVAL_SUFFIX).write_text(json.dumps(result, indent=2))
+        result["written"] = source + EVAL_SUFFIX
+    if log and loaded.model_id and loaded.tracking_uri:
+        log_inference(loaded.tracking_uri, loaded.model_id, result)
+        result["logged_model"] = loaded.model_id
+    return result
+
+
+def _log_model_metrics(tracking_uri: str, model_id: str, metrics: list[tuple[str, float, int]],
+                       tags: Mapping[str, str] | None = None) -> None:
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri)
+    model = client.get_logged_model(model_id)
+    now = int(time.time() * 1000)
+    client.log_batch(model.source_run_id, metrics=[
+        Metric(k, float(v), now, step, model_id=model_id) for k, v, step in metrics
+        if v is not None and math.isfinite(v)])
+    if tags:
+        client.set_logged_model_tags(model_id, dict(tags))
+
+
+def log_inference(tracking_uri: str, model_id: str, result: Mapping[str, Any]) -> None:
+    """``inference/*`` metrics on the LoggedModel: the best batch's tokens/Wh and J/token,
+    and per batch size (the metric's step is the batch size)."""
+    metrics = [("inference/tokens_per_wh", result["tokens_per_wh"], 0),
+               ("inference/joules_per_token", result["joules_per_token"], 0),
+               ("inference/best_batch_size", result["best_batch_size"], 0)]
+    for b in result["batches"]:
+        metrics += [("inference/tokens_per_wh_by_batch", b["tokens_per_wh"], b["batch_size"]),
+                    ("inference/prefill_joules_by_batch", b["prefill_joules"], b["batch_size"]),
+                    ("inference/decode_joules_by_batch", b["decode_joules"], b["batch_size"])]
+        if b["net_tokens_per_wh"] is not None:
+            metrics.append(("inference/net_tokens_per_wh_by_batch", b["net_tokens_per_wh"],
+                            b["batch_size"]))
+    phys = result.get("physics", {})
+    for key in ("ceiling_fraction", "landauer_ratio"):
+        if phys.get(key) is not None:
+            metrics.append((f"inference/{key}", phys[key], 0))
+    metrics.append(("amortize/break_even_tokens", result["break_even_tokens"], 0))
+    _log_model_metrics(tracking_uri, model_id, metrics, {
+        "depth.inference_method": result["method"], "depth.inference_device": result["device"],
+        "depth.inference_dtype": result["dtype"],
+        "depth.inference_measured": str(result["measured"]).lower()})
+
+
+def inference_j_per_token(source: str, tracking_uri: str | None = None) -> tuple[float, str]:
+    """The measured inference J/token of a model and where it was found: the eval file
+    next to a checkpoint, or the ``inference/joules_per_token`` metric of its LoggedModel."""
+    eval_file = Path(source + EVAL_SUFFIX)
+    if eval_file.is_file():
+        return float(json.loads(eval_file.read_text())["joules_per_token"]), str(eval_file)
+    if source.startswith(("runs:/", "models:/", "m-")):
+        from mlflow import MlflowClient
+
+        from depth.provenance import logged_model_id
+        from depth.tracking import default_tracking_uri
+
+        client = MlflowClient(tracking_uri or default_tracking_uri())
+        model = client.get_logged_model(logged_model_id(client, source))
+        for metric in model.metrics or []:
+            if metric.key == "inference/joules_per_token":
+                return float(metric.value), f"{model.model_id} inference/joules_per_token"
+    raise ValueError(f"no inference measurement for {source}: run `depth eval {source}` "
+                     "first, or give --joules-per-token")
+
+
+def amortize_source(source: str, served_tokens: float | None, tokens_per_day: float | None,
+                    days: float | None, joules_per_token: float | None = None,
+                    tracking_uri: str | None = None, log: bool = True) -> dict[str, Any]:
+    """`depth amortize`: the model's depth over a serving horizon; logs the break-even on
+    its LoggedModel."""
+    from depth.model_source import find_logged_model
+    from depth.provenance import read_provenance
+
+    record = read_provenance(source, tracking_uri=tracking_uri)
+    where = "given with --joules-per-token"
+    if joules_per_token is None:
+        joules_per_token, where = inference_j_per_token(source, tracking_uri)
+    result = amortize(record.depth_joules, joules_per_token, served_tokens, tokens_per_day,
+                      days).to_dict()
+    result.update(source=source, inference_from=where, method=record.method,
+                  train_joules=record.train_joules, depth_joules=record.depth_joules)
+    result["logged_model"] = None
+    if log:
+        from depth.tracking import default_tracking_uri, unreachable
+
+        uri = tracking_uri or default_tracking_uri()
+        model_id = None
+        if source.startswith(("runs:/", "models:/", "m-")):
+            from mlflow import MlflowClient
+
+            from depth.provenance import logged_model_id
+
+            model_id = logged_model_id(MlflowClient(uri), source)
+        elif record.record_sha256 and unreachable(uri) is None:
+            model_id = find_logged_model(uri, record.record_sha256)
+        if model_id:
+            _log_model_metrics(uri, model_id, [
+                ("amortize/break_even_tokens", result["break_even_tokens"], 0),
+                ("amortize/amortized_joules_per_token", result["amortized_j_per_token"], 0)])
+            result["logged_model"] = model_id
+    return result

@@ -1,0 +1,251 @@
+"""Inference tokens per Wh: a batch-size sweep of generation, prefill and decode apart.
+
+Any model works that has ``forward(idx, past=None) -> (logits, cache)``: ``idx`` a B x T
+tensor of token ids, ``past`` the cache a previous call returned (``None`` for a fresh
+prompt), ``logits`` B x T x V. `depth.gpt.module.GPTModule` has it.
+
+How one batch size is measured:
+
+1. The prompt (B x ``prompt_tokens`` random ids, seeded) is prefilled once untimed, and a
+   full generation runs once as warm-up.
+2. *Prefill window*: the prompt's forward pass is repeated k times; *decode window*: from
+   the prefilled cache, ``new_tokens`` greedy decode steps (one token per forward, the KV
+   cache growing) are repeated k times. k is set so that each window lasts at least
+   ``min_window_s`` (the NVML counter refreshes only every ~100 ms); CUDA is synchronized
+   at both edges of each window and the meter is read there.
+3. Step 2 is repeated ``repeats`` times; the median is reported with the spread.
+
+Tokens counted are *generated* tokens (B x ``new_tokens`` per generation); the joules are
+prefill plus decode. ``idle_w`` is measured before the sweep with nothing running, and the
+net figure subtracts idle power x time.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from depth.physics import J_PER_WH
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class EvalConfig:
+    """What `measure` sweeps.
+
+    Attributes:
+        batch_sizes: Batch sizes to measure, in order; the sweep stops at the first that
+            does not fit in memory.
+        prompt_tokens: Prompt length.
+        new_tokens: Tokens generated per sequence.
+        dtype: ``fp32``, ``bf16`` or ``fp16``.
+        repeats: Measured repeats per batch size (>= 3 for a spread).
+        min_window_s: Shortest measuring window.
+        idle_s: Seconds of idle power measured before the sweep (0: none).
+        seed: Seed of the random prompts.
+    """
+
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    prompt_tokens: int = 64
+    new_tokens: int = 64
+    dtype: str = "fp32"
+    repeats: int = 3
+    min_window_s: float = 0.5
+    idle_s: float = 2.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise ValueError(f"batch_sizes must be positive ints; got {self.batch_sizes}")
+        if self.prompt_tokens < 1 or self.new_tokens < 1:
+            raise ValueError("prompt_tokens and new_tokens must be >= 1")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1; got {self.repeats}")
+        if self.min_window_s < 0 or self.idle_s < 0:
+            raise ValueError("min_window_s and idle_s must be >= 0")
+
+
+@dataclass
+class BatchResult:
+    """One batch size: medians over the repeats, and their spread."""
+
+    batch_size: int
+    tokens: int  # generated tokens per generation
+    joules: float  # prefill + decode, per generation
+    seconds: float
+    tokens_per_wh: float
+    prefill_joules: float
+    decode_joules: float
+    net_tokens_per_wh: float | None  # idle power x time taken off
+    tokens_per_wh_spread: tuple[float, float]  # min, max over repeats
+    repeats: int
+
+
+@dataclass
+class EvalResult:
+    """A sweep: per batch size, the best, idle power and how it was measured."""
+
+    batches: list[BatchResult]
+    idle_w: float | None
+    method: str
+    device: str
+    dtype: str
+    prompt_tokens: int
+    new_tokens: int
+    stopped: str | None = None  # why the sweep ended early
+
+    @property
+    def best(self) -> BatchResult:
+        return max(self.batches, key=lambda b: b.tokens_per_wh)
+
+    @property
+    def tokens_per_wh(self) -> float:
+        return self.best.tokens_per_wh
+
+    @property
+    def joules_per_token(self) -> float:
+        return self.best.joules / self.best.tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(tokens_per_wh=self.tokens_per_wh, joules_per_token=self.joules_per_token,
+                   best_batch_size=self.best.batch_size)
+        return out
+
+
+Reader = Callable[[], Mapping[str, float]]
+
+
+def _total(read: Reader) -> float:
+    return float(sum(read().values()))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _window(run: Callable[[], None], k: int, read: Reader, device: torch.device
+            ) -> tuple[float, float]:
+    """(joules, seconds) of `run` repeated k times, synchronized at both edges."""
+    _sync(device)
+    j0, t0 = _total(read), time.perf_counter()
+    for _ in range(k):
+        run()
+    _sync(device)
+    return _total(read) - j0, time.perf_counter() - t0
+
+
+def _repeats_for(run: Callable[[], None], min_window_s: float, device: torch.device) -> int:
+    _sync(device)
+    t0 = time.perf_counter()
+    run()
+    _sync(device)
+    once = max(time.perf_counter() - t0, 1e-6)
+    return max(1, math.ceil(min_window_s / once))
+
+
+def idle_power_w(read: Reader, seconds: float, device: torch.device) -> float | None:
+    """Mean power with nothing running for `seconds` (``None`` for 0 s)."""
+    if seconds <= 0:
+        return None
+    _sync(device)
+    j0, t0 = _total(read), time.perf_counter()
+    time.sleep(seconds)
+    return (_total(read) - j0) / (time.perf_counter() - t0)
+
+
+def measure(model: Any, read: Reader, config: EvalConfig, vocab_size: int,
+            device: torch.device | str = "cpu", method: str = "unknown",
+            progress: Callable[[str], None] | None = None) -> EvalResult:
+    """Sweeps `config.batch_sizes`, reading cumulative joules with `read` (an
+    `EnergyMeter`'s ``read``); returns tokens/Wh per batch size."""
+    block_size = getattr(getattr(model, "config", None), "block_size", None)
+    if block_size is not None and config.prompt_tokens + config.new_tokens > block_size:
+        raise ValueError(f"prompt_tokens + new_tokens ({config.prompt_tokens} + "
+                         f"{config.new_tokens}) exceed the model's block_size {block_size}")
+    device = torch.device(device)
+    model = model.to(device=device, dtype=DTYPES[config.dtype]).eval()
+    idle_w = idle_power_w(read, config.idle_s, device)
+    generator = torch.Generator().manual_seed(config.seed)
+    results: list[BatchResult] = []
+    stopped = None
+    for batch_size in config.batch_sizes:
+        prompt = torch.randint(0, vocab_size, (batch_size, config.prompt_tokens),
+                               generator=generator).to(device)
+        try:
+            with torch.inference_mode():
+                result = _measure_batch(model, prompt, read, config, device, idle_w)
+        except torch.OutOfMemoryError:
+            stopped = f"batch size {batch_size} does not fit in memory"
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            break
+        results.append(result)
+        if progress is not None:
+            progress(f"batch {batch_size:>4}: {result.tokens_per_wh:,.0f} tokens/Wh "
+                     f"({result.joules:.3g} J for {result.tokens} tokens)")
+    if not results:
+        raise ValueError(f"no batch size could be measured: {stopped}")
+    return EvalResult(batches=results, idle_w=idle_w, method=method, device=str(device),
+                      dtype=config.dtype, prompt_tokens=config.prompt_tokens,
+                      new_tokens=config.new_tokens, stopped=stopped)
+
+
+def _measure_batch(model: Any, prompt: torch.Tensor, read: Reader, config: EvalConfig,
+                   device: torch.device, idle_w: float | None) -> BatchResult:
+    _, cache0 = model(prompt)  # untimed: the cache every decode window starts from
+
+    def prefill() -> None:
+        model(prompt)
+
+    def decode() -> None:
+        cache, nxt = cache0, prompt[:, -1:]
+        for _ in range(config.new_tokens):
+            logits, cache = model(nxt, past=cache)
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+
+    prefill()
+    decode()  # warm-up
+    k_prefill = _repeats_for(prefill, config.min_window_s, device)
+    k_decode = _repeats_for(decode, config.min_window_s, device)
+    tokens = prompt.size(0) * config.new_tokens
+    rows = []
+    for _ in range(config.repeats):
+        pj, ps = _window(prefill, k_prefill, read, device)
+        dj, ds = _window(decode, k_decode, read, device)
+        rows.append((pj / k_prefill, ps / k_prefill, dj / k_decode, ds / k_decode))
+    per = [(p + d, ps + ds) for p, ps, d, ds in rows]  # joules, seconds per generation
+    rates = [tokens / (j / J_PER_WH) if j > 0 else math.inf for j, _ in per]
+    joules = statistics.median(j for j, _ in per)
+    seconds = statistics.median(s for _, s in per)
+    net = None
+    if idle_w is not None and joules - idle_w * seconds > 0:
+        net = tokens / ((joules - idle_w * seconds) / J_PER_WH)
+    return BatchResult(
+        batch_size=prompt.size(0), tokens=tokens, joules=joules, seconds=seconds,
+        tokens_per_wh=tokens / (joules / J_PER_WH) if joules > 0 else math.inf,
+        prefill_joules=statistics.median(r[0] for r in rows),
+        decode_joules=statistics.median(r[2] for r in rows),
+        net_tokens_per_wh=net, tokens_per_wh_spread=(min(rates), max(rates)),
+        repeats=config.repeats)
+
+
+def sweep_sizes(requested: Sequence[int] | None, up_to: int = 64) -> list[int]:
+    """The default sweep 1, 4, 16, 64, ... (x4) up to `up_to`, or `requested`."""
+    if requested:
+        return list(requested)
+    sizes, b = [], 1
+    while b <= up_to:
+        sizes.append(b)
+        b *= 4
+    return sizes

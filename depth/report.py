@@ -1,0 +1,250 @@
+"""`depth report`: every model of an MLflow experiment in one table, and three plots.
+
+Rows are each run's latest checkpoint LoggedModel (``all_checkpoints``: every one), with
+its depth record and whatever `depth eval` / `depth amortize` logged on it. The plots
+(matplotlib, Agg) are written to a folder and logged as artifacts of a ``depth-report``
+run in the same experiment:
+
+- ``cumulative_joules.png``: ``energy/joules`` against optimizer step, one line per run;
+- ``tokens_per_wh_by_batch.png``: inference tokens/Wh against batch size, per model;
+- ``amortization.png``: amortized J/token against served tokens, per model, with its
+  break-even marked and the reference points drawn.
+"""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from depth import physics
+
+COLUMNS = ("model", "run", "step", "depth_kwh", "j_per_param", "train_tokens_per_wh",
+           "inference_tokens_per_wh", "best_batch", "ceiling_fraction", "landauer_ratio",
+           "break_even_tokens", "method", "measured")
+
+
+@dataclass
+class Report:
+    """A report: its rows, the files written, and the run the plots were logged to."""
+
+    rows: list[dict[str, Any]]
+    files: list[Path] = field(default_factory=list)
+    run_id: str | None = None
+
+
+def _metric(model: Any, key: str) -> float | None:
+    values = [m for m in (model.metrics or []) if m.key == key]
+    return float(max(values, key=lambda m: m.timestamp).value) if values else None
+
+
+def _by_batch(model: Any) -> list[tuple[int, float]]:
+    latest: dict[int, tuple[int, float]] = {}
+    for m in model.metrics or []:
+        if m.key == "inference/tokens_per_wh_by_batch":
+            if m.step not in latest or m.timestamp >= latest[m.step][0]:
+                latest[m.step] = (m.timestamp, float(m.value))
+    return sorted((step, value) for step, (_, value) in latest.items())
+
+
+def collect(client: Any, experiment_id: str, all_checkpoints: bool = False
+            ) -> list[tuple[dict[str, Any], Any]]:
+    """(row, LoggedModel) per model, by run name and step."""
+    from depth.provenance import read_provenance
+
+    models = [m for m in client.search_logged_models([experiment_id])
+              if "depth.step" in m.tags]
+    if not all_checkpoints:
+        latest: dict[str, Any] = {}
+        for m in models:
+            key = m.source_run_id
+            if key not in latest or int(m.tags["depth.step"]) > int(latest[key].tags["depth.step"]):
+                latest[key] = m
+        models = list(latest.values())
+    out = []
+    uri = client._tracking_client.tracking_uri
+    for m in models:
+        record = read_provenance(m.model_id, tracking_uri=uri)
+        j_token = _metric(m, "inference/joules_per_token")
+        train_wh = record.train_joules / physics.J_PER_WH
+        row = {
+            "model": m.name, "model_id": m.model_id, "run": m.source_run_id,
+            "step": int(m.tags["depth.step"]),
+            "depth_kwh": record.depth_joules / 3.6e6,
+            "depth_joules": record.depth_joules,
+            "j_per_param": record.depth_joules / record.parameters if record.parameters else None,
+            "train_tokens_per_wh": (record.train_tokens / train_wh
+                                    if record.train_tokens and train_wh > 0 else None),
+            "inference_tokens_per_wh": _metric(m, "inference/tokens_per_wh"),
+            "inference_j_per_token": j_token,
+            "best_batch": _metric(m, "inference/best_batch_size"),
+            "ceiling_fraction": _metric(m, "inference/ceiling_fraction"),
+            "landauer_ratio": _metric(m, "inference/landauer_ratio"),
+            "break_even_tokens": (record.depth_joules / j_token) if j_token else None,
+            "method": record.method,
+            "measured": "estimate" not in record.method.split("+"),
+        }
+        out.append((row, m))
+    out.sort(key=lambda pair: (pair[0]["model"], pair[0]["step"]))
+    return out
+
+
+def _plot_joules(client: Any, runs: dict[str, str], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run_id, name in runs.items():
+        points = sorted((m.step, m.value) for m in
+                        client.get_metric_history(run_id, "energy/joules"))
+        if points:
+            ax.plot([s for s, _ in points], [v for _, v in points], label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cumulative joules (energy/joules)")
+    ax.set_title("Training energy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_batches(pairs: list[tuple[dict[str, Any], Any]], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = False
+    for row, model in pairs:
+        points = _by_batch(model)
+        if points:
+            ax.plot([b for b, _ in points], [v for _, v in points], marker="o", label=row["model"])
+            drawn = True
+    for ref in physics.REFERENCES:
+        ax.axhline(ref.tokens_per_wh, ls=":", lw=1, color="grey")
+        ax.annotate(ref.name, (1, ref.tokens_per_wh), fontsize=7, color="grey",
+                    xytext=(2, 2), textcoords="offset points")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("inference tokens per Wh")
+    ax.set_title("Inference efficiency by batch size" + ("" if drawn else " (no depth eval yet)"))
+    ax.grid(alpha=0.3, which="both")
+    if drawn:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_amortization(pairs: list[tuple[dict[str, Any], Any]], path: Path) -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from depth.amortize import amortized_j_per_token
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = False
+    for row, _ in pairs:
+        e = row["inference_j_per_token"]
+        if not e:
+            continue
+        even = row["break_even_tokens"]
+        n = np.logspace(np.log10(max(1.0, even / 1e4)), np.log10(even * 1e3), 200)
+        ax.plot(n, [amortized_j_per_token(row["depth_joules"], x, e) for x in n],
+                label=row["model"])
+        ax.plot([even], [2 * e], marker="o", color=ax.lines[-1].get_color())
+        ax.annotate(f"break-even {even:,.0f}", (even, 2 * e), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+        drawn = True
+    for ref in physics.REFERENCES:
+        ax.axhline(ref.joules_per_token, ls=":", lw=1, color="grey")
+        ax.annotate(ref.name, (1, ref.joules_per_token), xycoords=("axes fraction", "data"),
+                    fontsize=7, color="grey", ha="right", xytext=(-2, 2),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("served tokens")
+    ax.set_ylabel("amortized joules per token (training + inference)")
+    ax.set_title("Training energy spread over served tokens"
+                 + ("" if drawn else " (no depth eval yet)"))
+    ax.grid(alpha=0.3, which="both")
+    if drawn:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def make_report(experiment: str, tracking_uri: str, out_dir: Path,
+                all_checkpoints: bool = False, log: bool = True) -> Report:
+    """Builds the table and plots for `experiment`; writes them to `out_dir` (and, with
+    `log`, to a ``depth-report`` run of the experiment).
+
+    Raises:
+        ValueError: No such experiment, or no depth models in it.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = [e.name for e in client.search_experiments()]
+        raise ValueError(f"no experiment {experiment!r} at {tracking_uri}"
+                         + (f"; there are: {', '.join(names)}" if names else ""))
+    pairs = collect(client, found.experiment_id, all_checkpoints)
+    if not pairs:
+        raise ValueError(f"experiment {experiment!r} has no models with depth records")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = {row["run"]: client.get_run(row["run"]).info.run_name or row["run"][:8]
+            for row, _ in pairs}
+    files = [out_dir / "cumulative_joules.png", out_dir / "tokens_per_wh_by_batch.png",
+             out_dir / "amortization.png", out_dir / "models.csv"]
+    _plot_joules(client, runs, files[0])
+    _plot_batches(pairs, files[1])
+    _plot_amortization(pairs, files[2])
+    with open(files[3], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["model_id", *COLUMNS], extrasaction="ignore")
+        writer.writeheader()
+        for row, _ in pairs:
+            writer.writerow(row)
+    report = Report(rows=[row for row, _ in pairs], files=files)
+    if log:
+        run = client.create_run(found.experiment_id, run_name="depth-report",
+                                tags={"depth.report": "true"})
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in files:
+                (Path(tmp) / path.name).write_bytes(path.read_bytes())
+            client.log_artifacts(run.info.run_id, tmp, "depth-report")
+        client.set_terminated(run.info.run_id)
+        report.run_id = run.info.run_id
+    return report
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as an aligned text table."""
+    def fmt(value: Any, kind: str) -> str:
+        if value is None:
+            return "-"
+        if kind == "pct":
+            return f"{value:.1%}" if value >= 0.001 else f"{value:.2e}"
+        if kind == "int":
+            return f"{value:,.0f}"
+        if kind == "g":
+            return f"{value:.3g}"
+        return str(value)
+
+    spec = [("model", "model", "s"), ("depth kWh", "depth_kwh", "g"),
+            ("J/param", "j_per_param", "g"), ("train tok/Wh", "train_tokens_per_wh", "int"),
+            ("infer tok/Wh", "inference_tokens_per_wh", "int"), ("batch", "best_batch", "int"),
+            ("ceiling", "ceiling_fraction", "pct"), ("x Landauer", "landauer_ratio", "g"),
+            ("break-even tok", "break_even_tokens", "int"), ("method", "method", "s"),
+            ("measured", "measured", "s")]
+    table = [[title for title, _, _ in spec]]
+    table += [[fmt(row.get(key), kind) for _, key, kind in spec] for row in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(spec))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths))) for r in table)
