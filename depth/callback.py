@@ -628,13 +628,19 @@ class DepthCallback(Callback):
         from depth.carbon import carbon_for
         from depth.provenance import known_error
 
+        from depth.uncertainty import uncertainty
+
         facility = state["train_joules"] * self.pue if self.pue else None
+        by_method: dict[str, float] = {}
+        for device, joules in state["devices"].items():
+            method = self._methods.get(device, self._method())
+            by_method[method] = by_method.get(method, 0.0) + float(joules)
         carbon = (carbon_for(facility or state["train_joules"], self._intensity)
                   if self._intensity else None)
         return Provenance(
             parameters=self._parameters, config_sha256=self._config_sha256,
             known_error=known_error(self._method()), pue=self.pue, facility_joules=facility,
-            carbon=carbon,
+            carbon=carbon, uncertainty=uncertainty(by_method),
             train_joules=state["train_joules"], optimizer_steps=state["optimizer_steps"],
             train_tokens=state["tokens"], devices=dict(state["devices"]),
             method=self._method(), segments=list(state["segments"]),

@@ -223,6 +223,10 @@ def run_provenance(args: Namespace) -> int:
                                   f"({record.depth_joules / 3.6e6:.6g} kWh)"),
             ("optimizer steps", f"{record.optimizer_steps:,}"), ("training tokens", tokens),
             ("wasted (included)", f"{record.wasted_joules:,.1f} J"), ("method", record.method),
+            ("uncertainty", "unknown (a meter without a known bound)" if not record.uncertainty
+             else f"+/-{record.uncertainty['relative']:.0%} "
+                  f"(+/-{record.uncertainty['joules']:,.1f} J; assumed per method, not "
+                  "measured here)"),
             ("sync", record.sync), ("weights sha256", record.weights_sha256 or "-"),
             ("created", record.created), ("schema", record.schema)]
     print(f"depth provenance: {args.source}")
@@ -393,6 +397,9 @@ def _print_eval(result: dict[str, Any]) -> None:
     measured = "measured" if result["measured"] else "ESTIMATED: no sensor"
     print(f"depth eval: {result['source']}  ({result['device']}, {result['dtype']}, "
           f"{result['method']}, {measured})")
+    if result.get("uncertainty"):
+        print(f"  uncertainty +/-{result['uncertainty']['relative']:.0%} on every energy figure "
+              "(assumed for the method, not measured here)")
     if result["idle_w"] is not None:
         print(f"  idle power {result['idle_w']:.1f} W")
     print(f"  {'batch':>6} {'tokens':>8} {'joules':>10} {'seconds':>9} {'tokens/Wh':>12} "

@@ -99,6 +99,8 @@ class Provenance:
         facility_joules: `train_joules` x `pue` (``None`` without a PUE).
         carbon: kg CO2eq of this model's own training (facility energy when a PUE is
             given) at a CodeCarbon offline grid intensity, labelled ``estimate``.
+        uncertainty: Relative bound on `train_joules` and its basis, from the methods used
+            (see `depth.uncertainty`).
         record_sha256: Digest of the rest of the record (see `record_sha256`), set by
             `sealed`; an edited record no longer matches it.
     """
@@ -123,6 +125,7 @@ class Provenance:
     pue: float | None = None
     facility_joules: float | None = None
     carbon: dict[str, Any] | None = None
+    uncertainty: dict[str, Any] | None = None
     schema: str = SCHEMA
     record_sha256: str | None = None
 

@@ -40,6 +40,8 @@ def test_train_writes_checkpoints_with_records_and_mlflow_models(trained, _sessi
     record = final["depth"]
     assert record["optimizer_steps"] == 7 and record["train_joules"] > 0
     assert record["train_tokens"] == 7 * 4 * 32  # B x T tokens per step, inferred
+    assert record["uncertainty"]["relative"] == 0.5  # the estimate's assumed bound
+    assert record["uncertainty"]["joules"] == pytest.approx(0.5 * record["train_joules"])
     assert record["parameters"] == sum(v.numel() for k, v in final["state_dict"].items()
                                        if k != "gpt.lm_head.weight")  # tied: counted once
     client = MlflowClient(_session_store)
