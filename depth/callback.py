@@ -35,6 +35,7 @@ from depth.tracking import (
     end_run,
     is_mlflow_logger,
     open_run,
+    redact,
     tracking_uri_of,
     unreachable,
 )
@@ -439,8 +440,8 @@ class DepthCallback(Callback):
                 run_id = (getattr(logger, "_run_id", None) if logger is not None
                           else self.own_run[1] if self.own_run else None)
                 spool = self._spool(trainer, uri, run_id)
-                self._warn(f"MLflow tracking server {uri} is unreachable ({down[uri]}); energy "
-                           f"metrics and records are spooled to {spool.directory} (replay "
+                self._warn(f"MLflow tracking server {redact(uri)} is unreachable ({down[uri]}); "
+                           f"energy metrics and records are spooled to {spool.directory} (replay "
                            f"with `depth sync {spool.directory}`); checkpoints still carry "
                            "their records")
                 sinks.append(SpoolSink(spool))
@@ -565,7 +566,10 @@ class DepthCallback(Callback):
         self._last_state = None
         digest = (weights_sha256(checkpoint["state_dict"])
                   if trainer.is_global_zero and "state_dict" in checkpoint else None)
-        record = self.provenance(state, digest).sealed()
+        from depth.signing import KEY_ID_ENV, signing_key
+
+        record = self.provenance(state, digest).sealed(signing_key(),
+                                                       os.environ.get(KEY_ID_ENV) or None)
         checkpoint[CHECKPOINT_KEY] = record
         for sink in self._sinks:  # MLflow: run tags, provenance artifact, a LoggedModel
             publish = getattr(sink, "publish_checkpoint", None)

@@ -516,7 +516,9 @@ def run_report(args: Namespace) -> int:
     if args.json:
         print(json.dumps(report.rows, indent=2))
         return 0
-    print(f"depth report: experiment {args.experiment!r} at {uri}")
+    from depth.tracking import redact
+
+    print(f"depth report: experiment {args.experiment!r} at {redact(uri)}")
     print(format_table(report.rows))
     print("\nwritten: " + ", ".join(str(p) for p in report.files))
     if report.run_id:
@@ -587,7 +589,9 @@ def _ui_command(uri: str | None) -> str:
     if uri is None:
         return "(no MLflow store: tracking was off)"
     if uri.startswith(("http://", "https://")):
-        return f"open {uri}"
+        from depth.tracking import redact
+
+        return f"open {redact(uri)}"
     return f"mlflow ui --backend-store-uri {uri}"
 
 

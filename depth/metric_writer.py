@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     uri, run_id = args[:2]
+    if uri == "-":  # given through the environment (a URI may carry credentials)
+        uri = os.environ["DEPTH_WRITER_TRACKING_URI"]
     retry_s = float(args[2]) if len(args) == 3 else RETRY_S
     try:  # yield the CPU to training: write in the gaps (Python-only stretches, I/O waits)
         os.nice(19)

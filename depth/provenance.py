@@ -63,8 +63,9 @@ def known_error(method: str) -> str:
 
 
 def record_sha256(record: Mapping[str, Any]) -> str:
-    """Digest of a record's canonical JSON (sorted keys), its own digest field left out."""
-    body = {k: v for k, v in record.items() if k != "record_sha256"}
+    """Digest of a record's canonical JSON (sorted keys), its own digest and its signature
+    (which signs this digest) left out."""
+    body = {k: v for k, v in record.items() if k not in ("record_sha256", "signature")}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -103,6 +104,8 @@ class Provenance:
             (see `depth.uncertainty`).
         record_sha256: Digest of the rest of the record (see `record_sha256`), set by
             `sealed`; an edited record no longer matches it.
+        signature: HMAC of `record_sha256` with the owner's key (`depth.signing`), when
+            ``DEPTH_SIGNING_KEY`` was set; ``None`` otherwise.
     """
 
     train_joules: float
@@ -128,6 +131,7 @@ class Provenance:
     uncertainty: dict[str, Any] | None = None
     schema: str = SCHEMA
     record_sha256: str | None = None
+    signature: dict[str, Any] | None = None
 
     @property
     def train_kwh(self) -> float:
@@ -146,10 +150,16 @@ class Provenance:
         data["depth_joules"] = self.depth_joules
         return data
 
-    def sealed(self) -> dict[str, Any]:
-        """`to_dict` with ``record_sha256`` set over everything else: what checkpoints carry."""
+    def sealed(self, key: bytes | None = None, key_id: str | None = None) -> dict[str, Any]:
+        """`to_dict` with ``record_sha256`` set over everything else, and signed with `key`
+        when one is given: what checkpoints carry."""
+        from depth.signing import signature
+
         data = self.to_dict()
+        data["signature"] = None
         data["record_sha256"] = record_sha256(data)
+        if key:
+            data["signature"] = signature(data["record_sha256"], key, key_id)
         return data
 
     @classmethod

@@ -193,7 +193,9 @@ def make_report(experiment: str, tracking_uri: str, out_dir: Path,
     found = client.get_experiment_by_name(experiment)
     if found is None:
         names = [e.name for e in client.search_experiments()]
-        raise ValueError(f"no experiment {experiment!r} at {tracking_uri}"
+        from depth.tracking import redact
+
+        raise ValueError(f"no experiment {experiment!r} at {redact(tracking_uri)}"
                          + (f"; there are: {', '.join(names)}" if names else ""))
     pairs = collect(client, found.experiment_id, all_checkpoints)
     if not pairs:

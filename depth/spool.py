@@ -67,7 +67,11 @@ class Spool:
         self.run_id = run_id
         key = run_id or f"new-{uuid.uuid4().hex[:12]}"
         self.path = self.directory / f"{key}-{time.strftime('%Y%m%dT%H%M%S')}{SUFFIX}"
-        self._header = {"spool": SCHEMA, "tracking_uri": tracking_uri, "run_id": run_id,
+        from depth.tracking import redact
+
+        # Credentials in the URI are not stored: `sync_spool` takes them from
+        # MLFLOW_TRACKING_URI or its `tracking_uri` argument.
+        self._header = {"spool": SCHEMA, "tracking_uri": redact(tracking_uri), "run_id": run_id,
                         "experiment_name": experiment_name, "run_name": run_name,
                         "created_unix": time.time()}
         self._lock = threading.Lock()
@@ -232,6 +236,20 @@ def _create_run(client: Any, header: Mapping[str, Any], tracking_uri: str) -> st
     return run.info.run_id
 
 
+def _with_credentials(stored: str) -> str:
+    """The URI a spool was meant for: as stored, or, when its credentials were redacted,
+    ``MLFLOW_TRACKING_URI`` if that is the same server."""
+    if "***@" not in stored:
+        return stored
+    from depth.tracking import redact
+
+    env = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if env and redact(env) == stored:
+        return env
+    raise SpoolError(f"the spool was meant for {stored}, whose credentials are not stored: "
+                     "set MLFLOW_TRACKING_URI to it or pass --tracking-uri", status=2)
+
+
 def sync_spool(source: str | Path, tracking_uri: str | None = None,
                progress: Callable[[str], None] | None = None) -> SyncReport:
     """Replays a spool into a tracking server, each event at most once.
@@ -249,15 +267,15 @@ def sync_spool(source: str | Path, tracking_uri: str | None = None,
     from mlflow.entities import Metric
 
     from depth.mlflow_publish import publish_event
-    from depth.tracking import MAX_METRICS_PER_BATCH, unreachable
+    from depth.tracking import MAX_METRICS_PER_BATCH, redact, unreachable
 
     report = SyncReport()
     for path in spool_files(source):
         header, events, torn = _read_events(path)
-        uri = tracking_uri or header["tracking_uri"]
+        uri = tracking_uri or _with_credentials(header["tracking_uri"])
         if (why := unreachable(uri)) is not None:
-            raise SpoolError(f"tracking server {uri} is unreachable ({why}); nothing replayed "
-                             f"from {path}", status=1)
+            raise SpoolError(f"tracking server {redact(uri)} is unreachable ({why}); nothing "
+                             f"replayed from {path}", status=1)
         done_path = path.with_name(path.name + DONE_SUFFIX)
         done, created = _read_done(done_path)
         client = MlflowClient(uri)
@@ -296,6 +314,6 @@ def sync_spool(source: str | Path, tracking_uri: str | None = None,
         if run_id is not None:
             report.runs.append(run_id)
         if progress is not None:
-            progress(f"{path.name}: {len(todo)} events replayed into run {run_id} at {uri}, "
-                     f"{len(events) - len(todo)} already there")
+            progress(f"{path.name}: {len(todo)} events replayed into run {run_id} at "
+                     f"{redact(uri)}, {len(events) - len(todo)} already there")
     return report

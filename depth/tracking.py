@@ -21,6 +21,25 @@ from pathlib import Path
 from typing import Any
 
 MAX_METRICS_PER_BATCH = 1000
+URI_ENV = "DEPTH_WRITER_TRACKING_URI"  # how the writer process gets its tracking URI
+
+
+def redact(uri: str) -> str:
+    """A URI fit to print or store: any ``user:password@`` replaced by ``***@``.
+
+    MLflow also takes credentials from ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD`` and
+    ``_TOKEN``, which depth never reads, writes or logs.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if "@" not in parts.netloc:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 def is_mlflow_logger(logger: Any) -> bool:
@@ -263,7 +282,10 @@ class MetricWriterProcess:
         self._abandoned = False
         self._wake = threading.Event()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "depth.metric_writer", tracking_uri, run_id, str(retry_s)],
+            # The URI goes through the environment, not argv: other users can read a
+            # process's arguments (ps), and a URI may carry credentials.
+            [sys.executable, "-m", "depth.metric_writer", "-", run_id, str(retry_s)],
+            env={**os.environ, URI_ENV: tracking_uri},
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, bufsize=1)
         self._reader = threading.Thread(target=self._read_replies, name="depth-mlflow-acks",
@@ -350,8 +372,8 @@ class MetricWriterProcess:
                         where = (f"what it refuses is spooled to {self.spool.directory}; "
                                  f"replay with `depth sync {self.spool.directory}`"
                                  if self.spool is not None else "retrying")
-                        warnings.warn(f"depth: MLflow at {self.tracking_uri} refused writes "
-                                      f"({self.error}); {where}", stacklevel=2)
+                        warnings.warn(f"depth: MLflow at {redact(self.tracking_uri)} refused "
+                                      f"writes ({self.error}); {where}", stacklevel=2)
                 elif "warning" in reply:
                     warnings.warn(f"depth: {reply['warning']}", stacklevel=2)
                 self._cond.notify_all()
@@ -451,10 +473,11 @@ class MetricWriterProcess:
             self.models.extend(self._fallback.models)
         if self._failed_checkpoints:
             warnings.warn(f"depth: {len(self._failed_checkpoints)} checkpoint records could not "
-                          f"be published to {self.tracking_uri} ({self.error})", stacklevel=2)
+                          f"be published to {redact(self.tracking_uri)} ({self.error})",
+                          stacklevel=2)
         if self._failed:
             warnings.warn(f"depth: {len(self._failed)} metric points could not be written to "
-                          f"{self.tracking_uri} ({self.error})", stacklevel=2)
+                          f"{redact(self.tracking_uri)} ({self.error})", stacklevel=2)
 
 
 DEFAULT_STORE_DIR = Path("mlruns")

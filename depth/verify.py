@@ -1,9 +1,10 @@
-"""Does a checkpoint still match its energy record? Tamper evidence without secrets.
+"""Does a checkpoint still match its energy record? Tamper evidence, and with a key, proof.
 
 Two digests are checked: ``weights_sha256`` (the saved state_dict, recomputed here) and
 ``record_sha256`` (the record itself). Checkpoints are loaded with
 ``torch.load(weights_only=True)``: a checkpoint being verified is not yet trusted, so no
-code in it runs unless the caller says so (`trust`).
+code in it runs unless the caller says so (`trust`). With ``DEPTH_SIGNING_KEY`` set, the
+record's signature is checked too (`depth.signing`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def verify_checkpoint(path: str | Path, trust: bool = False) -> Verdict:
         recorded = str(record.get("weights_sha256"))
         return Verdict(MISMATCH, f"{path}: the weights changed since the record was written "
                                  f"(sha256 {actual[:12]}... != {recorded[:12]}...)")
+    from depth.signing import check, signing_key
+
+    signed, why = check(record, signing_key())
+    if signed is False:
+        return Verdict(MISMATCH, f"{path}: {why}")
     return Verdict(OK, f"{path}: weights and record match ({record.get('train_joules', 0):.6g} J "
                        f"over {record.get('optimizer_steps')} optimizer steps, "
-                       f"method {record.get('method')})")
+                       f"method {record.get('method')}); {why}")
