@@ -36,8 +36,11 @@ def load_checkpoint(path: Path, trust: bool = False) -> dict[str, Any]:
             raise ValueError(f"{path} holds Python objects that loading would execute; if you "
                              "trust the file, pass --trust") from None
         raise ValueError(f"{path} is not a readable checkpoint ({_one_line(err)})") from None
-    except (RuntimeError, EOFError, ValueError, pickle.PickleError) as err:
-        raise ValueError(f"{path} is truncated or not a checkpoint ({_one_line(err)})") from None
+    except OSError:
+        raise
+    except Exception as err:  # a damaged file can fail anywhere in torch's unpickler
+        raise ValueError(f"{path} is truncated, damaged or not a checkpoint "
+                         f"({type(err).__name__}: {_one_line(err)})") from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} is not a Lightning checkpoint (a {type(checkpoint).__name__})")
     return checkpoint

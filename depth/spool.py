@@ -188,17 +188,24 @@ def _read_events(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], bool
         header = json.loads(lines[0]) if lines else {}
     except ValueError:
         header = {}
-    if header.get("spool") != SCHEMA:
+    if not isinstance(header, dict) or header.get("spool") != SCHEMA \
+            or not isinstance(header.get("tracking_uri"), str):
         raise SpoolError(f"{path}: not a depth spool file (no spool header)")
     events, torn = [], False
     for number, line in enumerate(lines[1:], start=2):
         try:
-            events.append(json.loads(line))
+            event = json.loads(line)
         except ValueError:
             if number != len(lines):
                 raise SpoolError(f"{path}: line {number} is not JSON; the file was edited "
                                  "or damaged") from None
             torn = True
+            continue
+        if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not (
+                "points" in event or "checkpoint" in event or "end" in event):
+            raise SpoolError(f"{path}: line {number} is not a spool event; the file was "
+                             "edited or damaged")
+        events.append(event)
     return header, events, torn
 
 

@@ -137,3 +137,29 @@ def test_ddp_two_ranks_sharing_one_gpu_count_it_once(tmp_path):
     result = ddp(tmp_path, "--shared-uuid")
     assert set(result["record"]["devices"]) == {"node0/rank0/gpu:0"}
     assert "same GPU" in result["stderr"]
+
+
+def test_two_nodes_on_loopback_meter_each_node_and_sum(tmp_path):
+    """Two "nodes" of one rank each (NODE_RANK 0 and 1, MASTER_ADDR=127.0.0.1), launched
+    as a multi-node job launches them: per-rank GPUs and each node's CPU, summed once."""
+    from tests.mlflow_server import free_port
+
+    port = str(free_port())
+    procs = []
+    for node in (0, 1):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+               "NODE_RANK": str(node), "LOCAL_RANK": "0", "WORLD_SIZE": "2",
+               "PL_DISABLE_FORK": "1"}
+        procs.append(subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--dir", str(tmp_path), "--num-nodes", "2",
+             "--max-steps", "6", "--every-n-steps", "3", "--with-cpu"], cwd=ROOT, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    rec = record(tmp_path / "ckpt" / "last.ckpt")
+    assert set(rec["devices"]) == {"node0/rank0/gpu:0", "node0/rank0/cpu:0",
+                                   "node1/rank1/gpu:0", "node1/rank1/cpu:0"}
+    assert rec["train_joules"] == pytest.approx(sum(rec["devices"].values()))
+    assert rec["hardware"]["num_nodes"] == 2 and rec["hardware"]["world_size"] == 2
+    assert {r["node"] for r in rec["hardware"]["ranks"]} == {0, 1}

@@ -33,10 +33,13 @@ def main() -> None:
     p.add_argument("--sidecar-interval", type=float, default=1.0)
     p.add_argument("--devices", type=int, default=1)
     p.add_argument("--shared-uuid", action="store_true")
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--with-cpu", action="store_true", help="meter a cpu:0 too (per node)")
     args = p.parse_args()
-    rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank = int(os.environ.get("LOCAL_RANK", "0")) + int(os.environ.get("NODE_RANK", "0"))
     uuid = "GPU-same" if args.shared_uuid else f"GPU-{rank}"
-    meter = ClockMeter({"gpu:0": args.power + 1000.0 * rank}, update_s=0.0, uuids={"gpu:0": uuid})
+    power = {"gpu:0": args.power + 1000.0 * rank, **({"cpu:0": 10.0} if args.with_cpu else {})}
+    meter = ClockMeter(power, update_s=0.0, uuids={"gpu:0": uuid})
     callback = DepthCallback(meter, sidecar_interval_s=args.sidecar_interval, tracking=False)
     checkpoint = ModelCheckpoint(dirpath=os.path.join(args.dir, "ckpt"), save_top_k=-1,
                                  every_n_train_steps=args.every_n_steps, save_last=True)
@@ -44,8 +47,8 @@ def main() -> None:
         max_steps=args.max_steps, callbacks=[callback, checkpoint],
         logger=CSVLogger(args.dir, name="logs"), default_root_dir=args.dir,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        accelerator="cpu", devices=args.devices,
-        strategy="ddp" if args.devices > 1 else "auto")
+        accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes,
+        strategy="ddp" if args.devices * args.num_nodes > 1 else "auto")
     trainer.fit(TinyLM(step_sleep_s=args.sleep), loader(n=400), ckpt_path=args.resume)
     if trainer.is_global_zero:
         summary = {"segments": [s.to_dict() for s in callback.ledger.segments],
