@@ -1,10 +1,12 @@
 """Soak: a long synthetic run of the ledger, the crash sidecar and the MLflow writer.
 
 Usage:
-    python scripts/soak_ledger.py [--steps 100000] [--json OUT.json]
+    python scripts/soak_ledger.py [--steps 100000] [--pace-s 0.001] [--json OUT.json]
 
 No model and no real meter: a fake counter (200 W, refreshed every 100 ms of simulated
-time, read at 10 ms simulated steps, like NVML under a fast training loop) feeds
+time, read at 10 ms simulated steps, like NVML under a fast training loop; the loop is
+paced at `--pace-s` wall seconds per step, 1 ms by default: ten times faster than those
+steps, so that 100,000 of them take ~100 s) feeds
 `depth.ledger.Ledger` exactly as `DepthCallback` does (one `step` per optimizer step,
 `pop_points` every step, a `state_dict` every 1,000 steps as a checkpoint would). The
 points go to a real `MetricWriterProcess` on a SQLite store, and the crash sidecar is
@@ -47,6 +49,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--pace-s", type=float, default=0.001,
+                        help="Wall seconds per step (0: as fast as possible, which outruns "
+                        "the writer and measures its backlog instead of a steady state).")
     args = parser.parse_args()
     from mlflow import MlflowClient
 
@@ -72,6 +77,10 @@ def main() -> int:
     samples, ledger_s, rows = [], 0.0, 0
     wall0 = time.perf_counter()
     for step in range(1, args.steps + 1):
+        if args.pace_s:
+            delay = wall0 + step * args.pace_s - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
         t += step_s
         reading = {"gpu:0": counter(t)}
         t0 = time.perf_counter()

@@ -2,14 +2,15 @@
 temporary folder, never into the repository's mlruns/.
 
 Set for the whole session (module-scoped fixtures train before any per-test fixture
-runs) and again before every test: ``MLFlowLogger(tracking_uri=...)`` calls
+runs) and reset before and after every test: ``MLFlowLogger(tracking_uri=...)`` calls
 ``mlflow.set_tracking_uri``, which also sets ``MLFLOW_TRACKING_URI`` in the environment,
-so one test's server would otherwise leak into the next.
+so one test's (or one module fixture's) store would otherwise leak into the next.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -27,7 +28,18 @@ def _session_store(tmp_path_factory):
         os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
+def _reset(uri: str) -> None:
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:  # MLFlowLogger sets mlflow's process-wide URI too
+        mlflow.set_tracking_uri(uri)
+
+
 @pytest.fixture(autouse=True)
-def _tracking_store(_session_store, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", _session_store)
+def _tracking_store(_session_store):
+    # Reset to the session store before and after every test, rather than restoring what
+    # was there before: a module-scoped fixture that trains with an MLFlowLogger sets the
+    # URI outside any test, and restoring would carry it into later modules' fixtures.
+    _reset(_session_store)
     yield
+    _reset(_session_store)

@@ -95,7 +95,8 @@ def test_sigkill_between_checkpoints_then_resume_counts_the_lost_run_as_waste(tm
 
 
 def test_sigkill_during_checkpoint_write_leaves_no_partial_sidecar(tmp_path):
-    """The sidecar is replaced atomically: whatever moment the kill lands, it parses."""
+    """The sidecar and the checkpoints are replaced atomically: whatever moment the kill
+    lands, they parse."""
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPT), "--dir", str(tmp_path), "--max-steps", "400",
          "--every-n-steps", "1", "--sidecar-interval", "0.01"], cwd=ROOT,
@@ -109,6 +110,14 @@ def test_sigkill_during_checkpoint_write_leaves_no_partial_sidecar(tmp_path):
     proc.wait()
     data = json.loads(sidecar.read_text())
     assert data["devices"]["gpu:0"] > 0
+    # Lightning writes checkpoints through a temporary file and a rename: every one the
+    # kill left behind is whole, and matches its record
+    from depth.verify import OK, verify_checkpoint
+
+    checkpoints = list((tmp_path / "ckpt").glob("*.ckpt"))
+    assert checkpoints
+    for path in checkpoints:
+        assert verify_checkpoint(path).status == OK, path
 
 
 def ddp(tmp_path: Path, *extra: str) -> dict:
