@@ -1,0 +1,5 @@
+"""``python -m depth.cli``."""
+
+from depth.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""What every subcommand shares: one-line errors, the Command record, input checks."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jsonargparse import ArgumentParser, Namespace
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+class OneLineParser(ArgumentParser):
+    """jsonargparse parser whose errors are one line: what is wrong, and where help is."""
+
+    def error(self, message: str, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        prog = self.prog.replace(" [options]", "")
+        text = " ".join(str(message).split())
+        print(f"{prog}: {text} (see {prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its help line, option declarations, and runner."""
+
+    help: str
+    declare: Callable[[ArgumentParser], None]
+    run: Callable[[Namespace], int]
+
+
+def positive(name: str, value: float) -> float:
+    if not value > 0:
+        raise UsageError(f"--{name} must be greater than 0 (got {value:g})")
+    return value
+
+
+def int_list(name: str, text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--{name} takes integers like 1,4,16 (got {text!r})") from None
+    if any(v < 1 for v in values):
+        raise UsageError(f"--{name} takes positive integers (got {text!r})")
+    return values

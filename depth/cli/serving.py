@@ -1,0 +1,211 @@
+"""`depth eval`, `depth amortize` and `depth report`: what a model costs to serve,
+set against its training energy and physics."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from jsonargparse import ArgumentParser, Namespace
+
+from depth.cli.common import UsageError, int_list, positive
+
+# ----------------------------------------------------------------------------- eval
+
+def declare_eval(p: ArgumentParser) -> None:
+    p.add_argument("source", type=str, help="A checkpoint file, or runs:/RUN_ID, "
+                   "models:/NAME/VERSION, m-MODEL_ID when the checkpoint file was logged.")
+    p.add_argument("--batch-sizes", type=str, default=None,
+                   help="Comma-separated batch sizes (default 1,4,16,64 on a CPU; on a GPU "
+                   "x4 up to 1024 or the first that does not fit).")
+    p.add_argument("--prompt-tokens", type=int, default=64, help="Prompt length.")
+    p.add_argument("--new-tokens", type=int, default=64, help="Tokens generated per sequence.")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="Weights and activations (default bf16 on a GPU, fp32 on a CPU).")
+    p.add_argument("--repeats", type=int, default=3, help="Measured repeats per batch size.")
+    p.add_argument("--min-window-s", type=float, default=0.5,
+                   help="Shortest measuring window (NVML's counter refreshes every ~100 ms).")
+    p.add_argument("--idle-s", type=float, default=2.0,
+                   help="Seconds of idle power measured first (0: no net figures).")
+    p.add_argument("--device", type=str, default=None, help="cuda, cuda:1 or cpu.")
+    p.add_argument("--meter", type=str, default="auto", help="auto or a meter name.")
+    p.add_argument("--hardware", type=str, default=None,
+                   help="For the compute ceiling: A100, H100, H200, RTX 4090, RTX 3090, or "
+                   "custom:PEAK_TFLOPS:WATTS[:NAME] (default: the GPU's own name).")
+    p.add_argument("--temperature-k", type=float, default=300.0,
+                   help="Temperature for Landauer's bound.")
+    p.add_argument("--loss-batches", type=int, default=8,
+                   help="Held-out batches for the model's cross-entropy (0: skip Landauer).")
+    p.add_argument("--json", action="store_true", help="Print one JSON object.")
+    p.add_argument("--no-log", action="store_true", help="Do not write to MLflow.")
+    p.add_argument("--tracking-uri", type=str, default=None, help="The MLflow store.")
+
+
+def run_eval(args: Namespace) -> int:
+    """`depth eval`: inference tokens/Wh of a model over a batch-size sweep."""
+    import torch
+
+    from depth.evaluation import evaluate
+    from depth.inference import EvalConfig, sweep_sizes
+
+    cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    sizes = int_list("batch-sizes", args.batch_sizes) or sweep_sizes(None, 1024 if cuda else 64)
+    try:
+        config = EvalConfig(batch_sizes=sizes, prompt_tokens=args.prompt_tokens,
+                            new_tokens=args.new_tokens,
+                            dtype=args.dtype or ("bf16" if cuda else "fp32"),
+                            repeats=args.repeats, min_window_s=args.min_window_s,
+                            idle_s=args.idle_s)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+    def progress(line: str) -> None:
+        print(f"  {line}", file=sys.stderr)
+
+    try:
+        result = evaluate(args.source, config, device=args.device, meter=args.meter,
+                          hardware=args.hardware, temperature_k=args.temperature_k,
+                          loss_batches=args.loss_batches, tracking_uri=args.tracking_uri,
+                          log=not args.no_log, progress=progress)
+    except (OSError, ValueError) as err:
+        print(f"depth eval: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    _print_eval(result)
+    return 0
+
+
+def _print_eval(result: dict[str, Any]) -> None:
+    measured = "measured" if result["measured"] else "ESTIMATED: no sensor"
+    print(f"depth eval: {result['source']}  ({result['device']}, {result['dtype']}, "
+          f"{result['method']}, {measured})")
+    if result.get("uncertainty"):
+        print(f"  uncertainty +/-{result['uncertainty']['relative']:.0%} on every energy figure "
+              "(assumed for the method, not measured here)")
+    if result["idle_w"] is not None:
+        print(f"  idle power {result['idle_w']:.1f} W")
+    print(f"  {'batch':>6} {'tokens':>8} {'joules':>10} {'seconds':>9} {'tokens/Wh':>12} "
+          f"{'(min-max)':>21} {'net tok/Wh':>11} {'prefill J':>10} {'decode J':>10}")
+    for b in result["batches"]:
+        low, high = b["tokens_per_wh_spread"]
+        net = "-" if b["net_tokens_per_wh"] is None else f"{b['net_tokens_per_wh']:,.0f}"
+        print(f"  {b['batch_size']:>6} {b['tokens']:>8} {b['joules']:>10.4g} "
+              f"{b['seconds']:>9.4f} {b['tokens_per_wh']:>12,.0f} "
+              f"{f'{low:,.0f}-{high:,.0f}':>21} {net:>11} {b['prefill_joules']:>10.4g} "
+              f"{b['decode_joules']:>10.4g}")
+    if result.get("stopped"):
+        print(f"  sweep stopped: {result['stopped']}")
+    phys = result["physics"]
+    print(f"  best: batch {result['best_batch_size']}, {result['tokens_per_wh']:,.0f} tokens/Wh,"
+          f" {result['joules_per_token']:.4g} J/token, "
+          f"{phys['wh_per_million_tokens']:.4g} Wh per million tokens")
+    if "ceiling_fraction" in phys:
+        print(f"  compute ceiling on {phys['hardware']}: {phys['ceiling_tokens_per_wh']:,.0f} "
+              f"tokens/Wh; achieved {phys['ceiling_fraction']:.1%}")
+    else:
+        print("  compute ceiling: no hardware figure (give --hardware, e.g. "
+              "custom:PEAK_TFLOPS:WATTS for a CPU)")
+    if phys.get("landauer_ratio"):
+        print(f"  Landauer: {phys['bits_removed_per_token']:.2f} bits removed per token "
+              f"(held-out loss {phys['held_out_loss_nats']:.3f} nats), bound "
+              f"{phys['landauer_j_per_token']:.3g} J/token; measured is "
+              f"{phys['landauer_ratio']:.3g} times that")
+    print(f"  break-even: after {result['break_even_tokens']:,.0f} served tokens, serving has "
+          f"used as much energy as training ({result['depth_joules']:,.1f} J)")
+    where = (f"logged on LoggedModel {result['logged_model']}" if result["logged_model"]
+             else "not logged to MLflow (no LoggedModel found for this checkpoint)")
+    print(f"  {where}" + (f"; written to {result['written']}" if result.get("written") else ""))
+
+
+# ----------------------------------------------------------------------------- amortize
+
+def declare_amortize(p: ArgumentParser) -> None:
+    p.add_argument("source", type=str, help="A checkpoint file, runs:/, models:/ or m-.")
+    p.add_argument("--served-tokens", type=float, default=None, help="Tokens served in all.")
+    p.add_argument("--tokens-per-day", type=float, default=None, help="Serving rate.")
+    p.add_argument("--days", type=float, default=None, help="Horizon, with --tokens-per-day.")
+    p.add_argument("--joules-per-token", type=float, default=None,
+                   help="Inference J/token (default: what `depth eval` measured).")
+    p.add_argument("--json", action="store_true", help="Print one JSON object.")
+    p.add_argument("--no-log", action="store_true", help="Do not write to MLflow.")
+    p.add_argument("--tracking-uri", type=str, default=None, help="The MLflow store.")
+
+
+def run_amortize(args: Namespace) -> int:
+    """`depth amortize`: training energy over served tokens, and the break-even."""
+    from depth.evaluation import amortize_source
+
+    if args.served_tokens is None and (args.tokens_per_day is None or args.days is None):
+        raise UsageError("give --served-tokens N, or --tokens-per-day R with --days D")
+    for name in ("served_tokens", "tokens_per_day", "days", "joules_per_token"):
+        value = getattr(args, name)
+        if value is not None:
+            positive(name.replace("_", "-"), value)
+    try:
+        result = amortize_source(args.source, args.served_tokens, args.tokens_per_day,
+                                 args.days, args.joules_per_token, args.tracking_uri,
+                                 log=not args.no_log)
+    except (OSError, ValueError) as err:
+        print(f"depth amortize: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"depth amortize: {args.source}")
+    rows = [("depth (training, with parents)", f"{result['depth_joules']:,.1f} J"),
+            ("inference", f"{result['inference_j_per_token']:.4g} J/token "
+                          f"({result['inference_from']})"),
+            ("served tokens", f"{result['served_tokens']:,.0f}"),
+            ("amortized", f"{result['amortized_j_per_token']:.4g} J/token "
+                          f"({result['training_share']:.1%} of it training)"),
+            ("break-even", f"{result['break_even_tokens']:,.0f} served tokens"
+             + (f" = {result['break_even_days']:,.1f} days at the given rate"
+                if result["break_even_days"] is not None else "")),
+            ("method", result["method"])]
+    for name, value in rows:
+        print(f"  {name:<31} {value}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- report
+
+def declare_report(p: ArgumentParser) -> None:
+    p.add_argument("--experiment", type=str, default="depth", help="The MLflow experiment.")
+    p.add_argument("--out", type=str, default=None,
+                   help="Folder for the PNGs and models.csv (default reports/EXPERIMENT).")
+    p.add_argument("--all-checkpoints", action="store_true",
+                   help="One row per checkpoint, not per run.")
+    p.add_argument("--json", action="store_true", help="Print the rows as JSON.")
+    p.add_argument("--no-log", action="store_true", help="Do not log the plots to MLflow.")
+    p.add_argument("--tracking-uri", type=str, default=None, help="The MLflow store.")
+
+
+def run_report(args: Namespace) -> int:
+    """`depth report`: every model of an experiment, one table and three plots."""
+    from pathlib import Path
+
+    from depth.report import format_table, make_report
+    from depth.tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri()
+    out = Path(args.out or Path("reports") / args.experiment)
+    try:
+        report = make_report(args.experiment, uri, out, args.all_checkpoints,
+                             log=not args.no_log)
+    except ValueError as err:
+        print(f"depth report: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.rows, indent=2))
+        return 0
+    from depth.tracking import redact
+
+    print(f"depth report: experiment {args.experiment!r} at {redact(uri)}")
+    print(format_table(report.rows))
+    print("\nwritten: " + ", ".join(str(p) for p in report.files))
+    if report.run_id:
+        print(f"logged to run {report.run_id} (artifacts depth-report/)")
+    return 0
