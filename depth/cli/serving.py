@@ -205,6 +205,10 @@ def run_report(args: Namespace) -> int:
 
     print(f"depth report: experiment {args.experiment!r} at {redact(uri)}")
     print(format_table(report.rows))
+    from depth.physics import GPT3_J_PER_PARAMETER
+
+    print(f"for scale: GPT-3 took ~{GPT3_J_PER_PARAMETER:.1f} J per parameter to train "
+          "(1,287 MWh, Patterson et al. 2021)")
     print("\nwritten: " + ", ".join(str(p) for p in report.files))
     if report.run_id:
         print(f"logged to run {report.run_id} (artifacts depth-report/)")

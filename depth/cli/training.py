@@ -8,6 +8,7 @@ from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
 
+from depth.physics import GPT3_J_PER_PARAMETER
 from depth.cli.common import UsageError
 
 # ----------------------------------------------------------------------------- train, run
@@ -56,7 +57,8 @@ def _print_training(result: Any, extra: Sequence[tuple[str, str]] = ()) -> None:
         ("training energy", f"{joules:,.1f} J = {joules / 3.6e6:.6f} kWh"),
         ("depth (with parents)", f"{record.get('depth_joules', joules):,.1f} J"),
         ("parameters", f"{result.parameters:,}"),
-        ("joules per parameter", f"{joules / result.parameters:.3g} J/param"),
+        ("joules per parameter", f"{joules / result.parameters:.3g} J/param (GPT-3: "
+         f"~{GPT3_J_PER_PARAMETER:.1f}, Patterson et al. 2021)"),
         ("training tokens", f"{record.get('train_tokens') or 0:,}"),
         ("training tokens per Wh", f"{tokens / (fit_joules / 3600):,.0f}" if fit_joules else "-"),
         ("throughput", f"{result.tokens_per_s:,.0f} tokens/s over {result.wall_s:.1f} s"),
