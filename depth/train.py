@@ -84,9 +84,17 @@ def _logger(recipe: Recipe) -> Any:
                         artifact_location=artifacts_beside(uri))
 
 
-def train(recipe: Recipe, callbacks: list[Any] | None = None) -> TrainResult:
+def train(recipe: Recipe, callbacks: list[Any] | None = None,
+          datamodule: pl.LightningDataModule | None = None) -> TrainResult:
     """Trains `recipe` (with any extra Lightning `callbacks`); returns the checkpoint, its
-    record and the measured throughput."""
+    record and the measured throughput.
+
+    Args:
+        recipe: What to train.
+        callbacks: More Lightning callbacks.
+        datamodule: Data other than the recipe's (batches of ``{"input_ids", "labels"}``,
+            B x T); for benchmarks on machines without `datasets`.
+    """
     from depth.gpt.data import GPTDataModule
     from depth.gpt.module import GPTModule
     from depth.provenance import CHECKPOINT_KEY
@@ -95,11 +103,12 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None) -> TrainResult:
     if recipe.train.torch_threads:
         torch.set_num_threads(recipe.train.torch_threads)
     accelerator = _accelerator(recipe)
-    data = GPTDataModule(recipe.data, recipe.model.block_size, recipe.train.batch_size)
+    data = datamodule or GPTDataModule(recipe.data, recipe.model.block_size,
+                                       recipe.train.batch_size)
     data.setup("fit")
-    assert data.vocab_size is not None
-    if recipe.model.vocab_size < data.vocab_size:
-        raise ValueError(f"model.vocab_size must be >= {data.vocab_size} for tokenizer "
+    vocab_size = getattr(data, "vocab_size", None) or recipe.model.vocab_size
+    if recipe.model.vocab_size < vocab_size:
+        raise ValueError(f"model.vocab_size must be >= {vocab_size} for tokenizer "
                          f"{recipe.data.tokenizer!r}; got {recipe.model.vocab_size}")
     module = GPTModule(recipe.model, recipe.optim)
     module.save_hyperparameters({"recipe": asdict(recipe)})
