@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from depth.tracking import CheckpointEvents, redact  # stdlib-only at import
+
 SCHEMA = 1
 SUFFIX = ".jsonl"
 DONE_SUFFIX = ".done"
@@ -67,8 +69,6 @@ class Spool:
         self.run_id = run_id
         key = run_id or f"new-{uuid.uuid4().hex[:12]}"
         self.path = self.directory / f"{key}-{time.strftime('%Y%m%dT%H%M%S')}{SUFFIX}"
-        from depth.tracking import redact
-
         # Credentials in the URI are not stored: `sync_spool` takes them from
         # MLFLOW_TRACKING_URI or its `tracking_uri` argument.
         self._header = {"spool": SCHEMA, "tracking_uri": redact(tracking_uri), "run_id": run_id,
@@ -108,7 +108,7 @@ class Spool:
         self._append({"end": status})
 
 
-class SpoolSink:
+class SpoolSink(CheckpointEvents):
     """A metric sink that writes straight to a `Spool` (the server was down at start).
 
     Points are buffered in memory and appended once per `flush`, i.e. once per
@@ -128,13 +128,9 @@ class SpoolSink:
         if time.monotonic() - self._last_flush > 1.0:
             self.flush()
 
-    def publish_checkpoint(self, record: Mapping[str, Any], step: int) -> None:
-        self.flush()
-        self.spool.add_checkpoints([{"record": dict(record), "step": int(step)}])
-
-    def publish_file(self, path: str, record_sha256: str, step: int) -> None:
-        self.spool.add_checkpoints([{"file": str(path), "record_sha256": record_sha256,
-                                     "step": int(step)}])
+    def publish_events(self, events: Iterable[Mapping[str, Any]]) -> None:
+        self.flush()  # the points before a checkpoint come first in the file
+        self.spool.add_checkpoints(events)
 
     def flush(self, wait: bool = False) -> bool:
         points, self._points = self._points, []
@@ -248,8 +244,6 @@ def _with_credentials(stored: str) -> str:
     ``MLFLOW_TRACKING_URI`` if that is the same server."""
     if "***@" not in stored:
         return stored
-    from depth.tracking import redact
-
     env = os.environ.get("MLFLOW_TRACKING_URI", "")
     if env and redact(env) == stored:
         return env
@@ -274,7 +268,7 @@ def sync_spool(source: str | Path, tracking_uri: str | None = None,
     from mlflow.entities import Metric
 
     from depth.mlflow_publish import publish_event
-    from depth.tracking import MAX_METRICS_PER_BATCH, redact, unreachable
+    from depth.tracking import MAX_METRICS_PER_BATCH, unreachable
 
     report = SyncReport()
     for path in spool_files(source):

@@ -48,7 +48,25 @@ def is_mlflow_logger(logger: Any) -> bool:
     return type(logger).__name__ == "MLFlowLogger" and hasattr(logger, "run_id")
 
 
-class BufferedMetricWriter:
+class CheckpointEvents:
+    """The checkpoint events a writer takes, as dicts for `publish_events` (the writer's
+    queue, the writer process's JSON lines, or the spool): ``{"record", "step"}`` for a
+    record and ``{"file", "record_sha256", "step"}`` for a checkpoint file to upload."""
+
+    def publish_events(self, events: Iterable[Mapping[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def publish_checkpoint(self, record: Mapping[str, Any], step: int) -> None:
+        """Queues a checkpoint's record for the run tags, artifact and a LoggedModel."""
+        self.publish_events([{"record": dict(record), "step": int(step)}])
+
+    def publish_file(self, path: str, record_sha256: str, step: int) -> None:
+        """Queues a checkpoint file's upload to the LoggedModel of its record."""
+        self.publish_events([{"file": str(path), "record_sha256": record_sha256,
+                              "step": int(step)}])
+
+
+class BufferedMetricWriter(CheckpointEvents):
     """Queues metric points and writes them to one MLflow run in batches, off-thread.
 
     Args:
@@ -90,15 +108,6 @@ class BufferedMetricWriter:
         """Queues ``(key, value, timestamp_ms, step)`` points."""
         with self._lock:
             self._queue.extend([k, float(v), int(ts), int(step)] for k, v, ts, step in points)
-
-    def publish_checkpoint(self, record: Mapping[str, Any], step: int) -> None:
-        """Queues a checkpoint's record for the run tags, artifact and a LoggedModel."""
-        self.publish_events([{"record": dict(record), "step": int(step)}])
-
-    def publish_file(self, path: str, record_sha256: str, step: int) -> None:
-        """Queues a checkpoint file's upload to the LoggedModel of its record."""
-        self.publish_events([{"file": str(path), "record_sha256": record_sha256,
-                              "step": int(step)}])
 
     def publish_events(self, events: Iterable[Mapping[str, Any]]) -> None:
         with self._lock:
@@ -234,7 +243,7 @@ def tracking_uri_of(logger: Any) -> str:
     return mlflow.get_tracking_uri()
 
 
-class MetricWriterProcess:
+class MetricWriterProcess(CheckpointEvents):
     """Sends metric points to a ``depth.metric_writer`` process, which writes to MLflow.
 
     The training process only appends tuples to a list; a sender thread ships them once
@@ -300,15 +309,6 @@ class MetricWriterProcess:
         ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         with self._lock:
             self._queue.extend([key, float(value), ts, int(step)] for key, value in metrics.items())
-
-    def publish_checkpoint(self, record: Mapping[str, Any], step: int) -> None:
-        """Queues a checkpoint's record for the run tags, artifact and a LoggedModel."""
-        self.publish_events([{"record": dict(record), "step": int(step)}])
-
-    def publish_file(self, path: str, record_sha256: str, step: int) -> None:
-        """Queues a checkpoint file's upload to the LoggedModel of its record."""
-        self.publish_events([{"file": str(path), "record_sha256": record_sha256,
-                              "step": int(step)}])
 
     def publish_events(self, events: Iterable[Mapping[str, Any]]) -> None:
         with self._lock:
