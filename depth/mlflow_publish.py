@@ -53,7 +53,7 @@ def publish_checkpoint(client: Any, run_id: str, record: Mapping[str, Any], step
     text = json.dumps(record, indent=2, sort_keys=True)
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     client.log_text(run_id, text, RUN_ARTIFACT)
-    existing = find_model(client, run.info.experiment_id, record.get("record_sha256"))
+    existing = find_model(client, [run.info.experiment_id], record.get("record_sha256"))
     if existing is not None:  # published before (a retry or a replay): never twice
         return existing
     model = client.create_logged_model(
@@ -73,12 +73,16 @@ def publish_checkpoint(client: Any, run_id: str, record: Mapping[str, Any], step
     return model.model_id
 
 
-def find_model(client: Any, experiment_id: str, digest: str | None) -> str | None:
-    """The LoggedModel already published for a record (by its ``depth.record_sha256``)."""
-    if not digest:
+def find_model(client: Any, experiment_ids: list[str] | None, digest: str | None
+               ) -> str | None:
+    """The LoggedModel already published for a record (by its ``depth.record_sha256``), in
+    `experiment_ids` (``None``: in every experiment of the store)."""
+    if experiment_ids is None:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    if not digest or not experiment_ids:
         return None
     found = client.search_logged_models(
-        [experiment_id], filter_string=f"tags.`depth.record_sha256` = '{digest}'",
+        experiment_ids, filter_string=f"tags.`depth.record_sha256` = '{digest}'",
         max_results=1)
     return found[0].model_id if found else None
 
@@ -87,7 +91,7 @@ def publish_checkpoint_file(client: Any, run_id: str, path: str, digest: str) ->
     """Uploads a checkpoint file to the LoggedModel of its record (under ``checkpoint/``);
     returns a one-line reason when it cannot (the model or the file is gone)."""
     run = client.get_run(run_id)
-    model_id = find_model(client, run.info.experiment_id, digest)
+    model_id = find_model(client, [run.info.experiment_id], digest)
     if model_id is None:
         return f"no LoggedModel with depth.record_sha256={digest} for {path}"
     if not Path(path).is_file():

@@ -25,7 +25,6 @@ class LoadedModel:
         flops_per_token: Inference FLOPs per token (2N + attention), if the model says.
         model_id: Its MLflow LoggedModel, when one is known.
         tracking_uri: The store of that LoggedModel.
-        val_loss: The training run's last validation loss (nats/token), if recorded.
         recipe: The recipe it was trained with (a dict), if the checkpoint has it.
     """
 
@@ -35,7 +34,6 @@ class LoadedModel:
     flops_per_token: float | None
     model_id: str | None
     tracking_uri: str | None
-    val_loss: float | None = None
     recipe: dict[str, Any] | None = None
 
 
@@ -52,24 +50,13 @@ def _gpt_from_checkpoint(checkpoint: dict[str, Any]) -> Any:
     return module
 
 
-def _val_loss(checkpoint: dict[str, Any]) -> float | None:
-    for state in (checkpoint.get("callbacks") or {}).values():
-        if isinstance(state, dict) and state.get("current_score") is not None:
-            return float(state["current_score"])
-    return None
-
-
 def find_logged_model(tracking_uri: str, digest: str) -> str | None:
     """The LoggedModel of a record (by ``depth.record_sha256``) in any experiment."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    if not experiments:
-        return None
-    found = client.search_logged_models(
-        experiments, filter_string=f"tags.`depth.record_sha256` = '{digest}'", max_results=1)
-    return found[0].model_id if found else None
+    from depth.mlflow_publish import find_model
+
+    return find_model(MlflowClient(tracking_uri), None, digest)
 
 
 def load_model(source: str, tracking_uri: str | None = None, trust: bool = False,
@@ -103,12 +90,13 @@ def load_model(source: str, tracking_uri: str | None = None, trust: bool = False
         if not files:
             raise ValueError(f"{source} ({model_id}) has no checkpoint file: train with "
                              "DepthCallback(log_checkpoints=True), or pass the checkpoint path")
-        tmp = tempfile.mkdtemp(prefix="depth-eval-")
-        path = Path(download_artifacts(artifact_uri=f"{model.artifact_location}/{files[0]}",
-                                       dst_path=tmp, tracking_uri=uri))
+        with tempfile.TemporaryDirectory(prefix="depth-eval-") as tmp:  # loaded, then gone
+            path = Path(download_artifacts(
+                artifact_uri=f"{model.artifact_location}/{files[0]}", dst_path=tmp,
+                tracking_uri=uri))
+            checkpoint = load_checkpoint(path, trust=trust)
     else:
-        path = Path(source)
-    checkpoint = load_checkpoint(path, trust=trust)
+        checkpoint = load_checkpoint(Path(source), trust=trust)
     record = checkpoint.get(CHECKPOINT_KEY)
     if not isinstance(record, dict):
         raise ValueError(f"{source} carries no depth record")
@@ -122,5 +110,4 @@ def load_model(source: str, tracking_uri: str | None = None, trust: bool = False
     return LoadedModel(module=module, record=record, vocab_size=module.config.vocab_size,
                        flops_per_token=module.flops_per_token(training=False),
                        model_id=model_id, tracking_uri=uri if model_id else None,
-                       val_loss=_val_loss(checkpoint),
                        recipe=(checkpoint.get("hyper_parameters") or {}).get("recipe"))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from depth import physics
+from depth.uncertainty import is_measured
 
 COLUMNS = ("model", "run", "step", "depth_kwh", "j_per_param", "train_tokens_per_wh",
            "inference_tokens_per_wh", "best_batch", "ceiling_fraction", "landauer_ratio",
@@ -49,7 +50,7 @@ def _by_batch(model: Any) -> list[tuple[int, float]]:
     return sorted((step, value) for step, (_, value) in latest.items())
 
 
-def collect(client: Any, experiment_id: str, all_checkpoints: bool = False
+def collect(client: Any, tracking_uri: str, experiment_id: str, all_checkpoints: bool = False
             ) -> list[tuple[dict[str, Any], Any]]:
     """(row, LoggedModel) per model, by run name and step."""
     from depth.provenance import read_provenance
@@ -64,9 +65,8 @@ def collect(client: Any, experiment_id: str, all_checkpoints: bool = False
                 latest[key] = m
         models = list(latest.values())
     out = []
-    uri = client._tracking_client.tracking_uri
     for m in models:
-        record = read_provenance(m.model_id, tracking_uri=uri)
+        record = read_provenance(m.model_id, tracking_uri=tracking_uri)
         j_token = _metric(m, "inference/joules_per_token")
         train_wh = record.train_joules / physics.J_PER_WH
         row = {
@@ -84,11 +84,24 @@ def collect(client: Any, experiment_id: str, all_checkpoints: bool = False
             "landauer_ratio": _metric(m, "inference/landauer_ratio"),
             "break_even_tokens": (record.depth_joules / j_token) if j_token else None,
             "method": record.method,
-            "measured": "estimate" not in record.method.split("+"),
+            "measured": is_measured(record.method),
         }
         out.append((row, m))
     out.sort(key=lambda pair: (pair[0]["model"], pair[0]["step"]))
     return out
+
+
+def _finish(fig: Any, ax: Any, path: Path, title: str, drawn: bool = True) -> None:
+    """Title (saying when there was nothing to draw), grid, legend, and the PNG."""
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title + ("" if drawn else " (no depth eval yet)"))
+    ax.grid(alpha=0.3, which="both")
+    if drawn:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _plot_joules(client: Any, runs: dict[str, str], path: Path) -> None:
@@ -102,12 +115,7 @@ def _plot_joules(client: Any, runs: dict[str, str], path: Path) -> None:
             ax.plot([s for s, _ in points], [v for _, v in points], label=name)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cumulative joules (energy/joules)")
-    ax.set_title("Training energy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, "Training energy")
 
 
 def _plot_batches(pairs: list[tuple[dict[str, Any], Any]], path: Path) -> None:
@@ -128,13 +136,7 @@ def _plot_batches(pairs: list[tuple[dict[str, Any], Any]], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("batch size")
     ax.set_ylabel("inference tokens per Wh")
-    ax.set_title("Inference efficiency by batch size" + ("" if drawn else " (no depth eval yet)"))
-    ax.grid(alpha=0.3, which="both")
-    if drawn:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, "Inference efficiency by batch size", drawn)
 
 
 def _plot_amortization(pairs: list[tuple[dict[str, Any], Any]], path: Path) -> None:
@@ -166,14 +168,7 @@ def _plot_amortization(pairs: list[tuple[dict[str, Any], Any]], path: Path) -> N
     ax.set_yscale("log")
     ax.set_xlabel("served tokens")
     ax.set_ylabel("amortized joules per token (training + inference)")
-    ax.set_title("Training energy spread over served tokens"
-                 + ("" if drawn else " (no depth eval yet)"))
-    ax.grid(alpha=0.3, which="both")
-    if drawn:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, "Training energy spread over served tokens", drawn)
 
 
 def make_report(experiment: str, tracking_uri: str, out_dir: Path,
@@ -197,7 +192,7 @@ def make_report(experiment: str, tracking_uri: str, out_dir: Path,
 
         raise ValueError(f"no experiment {experiment!r} at {redact(tracking_uri)}"
                          + (f"; there are: {', '.join(names)}" if names else ""))
-    pairs = collect(client, found.experiment_id, all_checkpoints)
+    pairs = collect(client, tracking_uri, found.experiment_id, all_checkpoints)
     if not pairs:
         raise ValueError(f"experiment {experiment!r} has no models with depth records")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,11 @@ BASIS = ("assumed per-method bounds (depth.uncertainty.RELATIVE_BOUNDS), weighte
          "source's joules; not yet measured on this hardware")
 
 
+def is_measured(method: str) -> bool:
+    """Whether a (possibly combined, ``a+b``) method measured every part: no ``estimate``."""
+    return "estimate" not in method.split("+")
+
+
 def relative_bound(method: str) -> float | None:
     """The relative bound of one method (``None`` for a third party's own meter)."""
     bound = RELATIVE_BOUNDS.get(method)
