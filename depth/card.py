@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 from depth.provenance import Provenance
+from depth.uncertainty import is_measured
 
 
 def hardware_used(record: Provenance) -> str:
@@ -34,7 +35,7 @@ def card_metadata(record: Provenance) -> dict[str, Any]:
         "facility_joules": record.facility_joules, "pue": record.pue,
         "optimizer_steps": record.optimizer_steps, "train_tokens": record.train_tokens,
         "parameters": record.parameters, "method": record.method,
-        "measured": "estimate" not in record.method.split("+"),
+        "measured": is_measured(record.method),
         "wasted_joules": record.wasted_joules, "weights_sha256": record.weights_sha256,
         "record_sha256": record.record_sha256, "known_error": record.known_error,
     }

@@ -97,9 +97,9 @@ def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: 
             device_hw = physics.hardware(torch.cuda.get_device_name(dev))
         except ValueError:
             device_hw = None
-    from depth.uncertainty import of_method
+    from depth.uncertainty import is_measured, of_method
 
-    result["measured"] = "estimate" not in result["method"].split("+")
+    result["measured"] = is_measured(result["method"])
     result["uncertainty"] = of_method(result["method"])
     result["physics"] = physics_of(result, loaded.vocab_size, loss, loaded.flops_per_token,
                                    device_hw, temperature_k)

@@ -19,7 +19,7 @@ class OneLineParser(ArgumentParser):
 
     def error(self, message: str, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         prog = self.prog.replace(" [options]", "")
-        text = " ".join(str(message).split())
+        text = one_line(message)
         print(f"{prog}: {text} (see {prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
@@ -37,6 +37,16 @@ def positive(name: str, value: float) -> float:
     if not value > 0:
         raise UsageError(f"--{name} must be greater than 0 (got {value:g})")
     return value
+
+
+def one_line(message: object) -> str:
+    """A message (an exception, or text) on one line, for stderr."""
+    return " ".join(str(message).split())
+
+
+def progress(line: str) -> None:
+    """One line of progress on stderr, indented under the command's own lines."""
+    print(f"  {line}", file=sys.stderr)
 
 
 def int_list(name: str, text: str | None) -> list[int] | None:

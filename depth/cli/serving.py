@@ -9,7 +9,7 @@ from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
 
-from depth.cli.common import UsageError, int_list, positive
+from depth.cli.common import UsageError, int_list, one_line, positive, progress
 
 # ----------------------------------------------------------------------------- eval
 
@@ -60,16 +60,13 @@ def run_eval(args: Namespace) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
 
-    def progress(line: str) -> None:
-        print(f"  {line}", file=sys.stderr)
-
     try:
         result = evaluate(args.source, config, device=args.device, meter=args.meter,
                           hardware=args.hardware, temperature_k=args.temperature_k,
                           loss_batches=args.loss_batches, tracking_uri=args.tracking_uri,
                           log=not args.no_log, progress=progress)
     except (OSError, ValueError) as err:
-        print(f"depth eval: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"depth eval: {one_line(err)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result, indent=2))
@@ -149,7 +146,7 @@ def run_amortize(args: Namespace) -> int:
                                  args.days, args.joules_per_token, args.tracking_uri,
                                  log=not args.no_log)
     except (OSError, ValueError) as err:
-        print(f"depth amortize: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"depth amortize: {one_line(err)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result, indent=2))
@@ -196,7 +193,7 @@ def run_report(args: Namespace) -> int:
         report = make_report(args.experiment, uri, out, args.all_checkpoints,
                              log=not args.no_log)
     except ValueError as err:
-        print(f"depth report: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"depth report: {one_line(err)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(report.rows, indent=2))

@@ -6,6 +6,8 @@ import sys
 
 from jsonargparse import ArgumentParser, Namespace
 
+from depth.cli.common import progress
+
 
 def declare_sync(p: ArgumentParser) -> None:
     p.add_argument("spool", type=str, help="A spool folder (depth-spool/ under the trainer's "
@@ -18,9 +20,6 @@ def run_sync(args: Namespace) -> int:
     """`depth sync`: replay what a tracking server missed; each event at most once. Exit
     status 0 when replayed, 1 when the server is down or refuses, 2 for a bad spool."""
     from depth.spool import SpoolError, sync_spool
-
-    def progress(line: str) -> None:
-        print(f"  {line}", file=sys.stderr)
 
     try:
         report = sync_spool(args.spool, tracking_uri=args.tracking_uri, progress=progress)

@@ -9,7 +9,7 @@ from typing import Any
 from jsonargparse import ArgumentParser, Namespace
 
 from depth.physics import GPT3_J_PER_PARAMETER
-from depth.cli.common import UsageError
+from depth.cli.common import UsageError, one_line, progress
 
 # ----------------------------------------------------------------------------- train, run
 
@@ -27,7 +27,7 @@ def _recipe_of(args: Namespace) -> Any:
     try:
         return to_recipe(parser, args)
     except (TypeError, ValueError) as err:
-        raise UsageError(" ".join(str(err).split())) from None
+        raise UsageError(one_line(err)) from None
 
 
 def _train(recipe: Any) -> Any:
@@ -36,7 +36,7 @@ def _train(recipe: Any) -> Any:
     try:
         return train(recipe)
     except ValueError as err:  # data or recipe problems found once the data is read
-        raise UsageError(" ".join(str(err).split())) from None
+        raise UsageError(one_line(err)) from None
 
 
 def run_train(args: Namespace) -> int:
@@ -49,7 +49,9 @@ def run_train(args: Namespace) -> int:
 def _print_training(result: Any, extra: Sequence[tuple[str, str]] = ()) -> None:
     record = result.record
     joules = record["train_joules"]
-    measured = "estimate" not in record["method"].split("+")
+    from depth.uncertainty import is_measured
+
+    measured = is_measured(record["method"])
     tokens = record["segments"][-1].get("tokens") or 0
     fit_joules = record["segments"][-1]["joules"]
     rows = [
@@ -130,15 +132,12 @@ def _evaluate_trained(recipe: Any, result: Any) -> dict[str, Any]:
                         new_tokens=min(64, recipe.model.block_size - prompt),
                         dtype="bf16" if cuda else "fp32")
 
-    def progress(line: str) -> None:
-        print(f"  {line}", file=sys.stderr)
-
     try:
         return evaluate(result.checkpoint, config, device="cuda" if cuda else "cpu",
                         tracking_uri=result.tracking_uri, log=result.tracking_uri is not None,
                         progress=progress)
     except (OSError, ValueError) as err:
-        raise UsageError(" ".join(str(err).split())) from None
+        raise UsageError(one_line(err)) from None
 
 
 def default_recipe() -> str:
