@@ -28,6 +28,17 @@ def _session_store(tmp_path_factory):
         os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
+@pytest.fixture()
+def sqlite_run(tmp_path):
+    """(tracking URI, MlflowClient, run id): one run on a fresh SQLite store in tmp_path."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("tests", artifact_location=str(tmp_path / "a"))
+    return uri, client, client.create_run(experiment).info.run_id
+
+
 def _reset(uri: str) -> None:
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow = sys.modules.get("mlflow")

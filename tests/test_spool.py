@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-from mlflow import MlflowClient
 
 from depth.provenance import Provenance
 from depth.spool import Spool, SpoolError, SpoolSink, sync_spool
@@ -20,14 +19,6 @@ def record(step: int) -> dict:
                       created="2026-11-22T00:00:00+00:00", hardware={}).sealed()
 
 
-@pytest.fixture()
-def store(tmp_path):
-    uri = f"sqlite:///{tmp_path}/store.db"
-    client = MlflowClient(uri)
-    experiment = client.create_experiment("spooled", artifact_location=str(tmp_path / "art"))
-    return uri, client, client.create_run(experiment).info.run_id
-
-
 def history(client, run_id, key="energy/joules"):
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
@@ -38,8 +29,8 @@ def models_of(client, run_id):
             if m.source_run_id == run_id]
 
 
-def test_replay_stores_everything_once_even_when_run_twice(tmp_path, store):
-    uri, client, run_id = store
+def test_replay_stores_everything_once_even_when_run_twice(tmp_path, sqlite_run):
+    uri, client, run_id = sqlite_run
     spool = Spool(tmp_path / "spool", uri, run_id)
     sink = SpoolSink(spool)
     for step in range(1, 51):
@@ -57,8 +48,8 @@ def test_replay_stores_everything_once_even_when_run_twice(tmp_path, store):
     assert len(models_of(client, run_id)) == 2
 
 
-def test_a_replay_cut_off_before_its_bookkeeping_still_writes_nothing_twice(tmp_path, store):
-    uri, client, run_id = store
+def test_a_replay_cut_off_before_its_bookkeeping_still_writes_nothing_twice(tmp_path, sqlite_run):
+    uri, client, run_id = sqlite_run
     spool = Spool(tmp_path / "spool", uri, run_id)
     spool.add_points([["energy/joules", float(s), 1_000 + s, s] for s in range(1, 11)])
     spool.add_checkpoints([{"record": record(10), "step": 10}])
@@ -70,8 +61,8 @@ def test_a_replay_cut_off_before_its_bookkeeping_still_writes_nothing_twice(tmp_
     assert len(models_of(client, run_id)) == 1  # found by depth.record_sha256
 
 
-def test_a_run_that_never_reached_the_server_is_created_once_with_its_end(tmp_path, store):
-    uri, client, _ = store
+def test_a_run_that_never_reached_the_server_is_created_once_with_its_end(tmp_path, sqlite_run):
+    uri, client, _ = sqlite_run
     spool = Spool(tmp_path / "spool", uri, None, experiment_name="offline")
     sink = SpoolSink(spool)
     sink.log({"energy/joules": 5.0}, 1)
@@ -85,8 +76,8 @@ def test_a_run_that_never_reached_the_server_is_created_once_with_its_end(tmp_pa
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
-def test_a_torn_last_line_is_skipped_and_reported(tmp_path, store):
-    uri, client, run_id = store
+def test_a_torn_last_line_is_skipped_and_reported(tmp_path, sqlite_run):
+    uri, client, run_id = sqlite_run
     spool = Spool(tmp_path / "spool", uri, run_id)
     spool.add_points([["energy/joules", 1.0, 1_000, 1]])
     with open(spool.path, "a") as f:
@@ -111,8 +102,8 @@ def test_nothing_is_written_until_something_is_spooled(tmp_path):
     assert not (tmp_path / "spool").exists()
 
 
-def test_sync_cli_replays_and_bad_input_is_one_line(tmp_path, store):
-    uri, client, run_id = store
+def test_sync_cli_replays_and_bad_input_is_one_line(tmp_path, sqlite_run):
+    uri, client, run_id = sqlite_run
     spool = Spool(tmp_path / "spool", uri, run_id)
     spool.add_points([["energy/joules", 3.0, 1_000, 3]])
     cli = [sys.executable, "-m", "depth.cli", "sync"]

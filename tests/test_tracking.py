@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import time
 
-import pytest
-from mlflow import MlflowClient
 
 from depth.tracking import BufferedMetricWriter, MetricWriterProcess
-
-
-@pytest.fixture()
-def run(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(uri)
-    experiment = client.create_experiment("writers", artifact_location=str(tmp_path / "a"))
-    return uri, client, client.create_run(experiment).info.run_id
 
 
 def steps_of(client, run_id, key):
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
-def test_process_writer_stores_every_point_once(run):
-    uri, client, run_id = run
+def test_process_writer_stores_every_point_once(sqlite_run):
+    uri, client, run_id = sqlite_run
     writer = MetricWriterProcess(uri, run_id, interval_s=0.1)
     for step in range(1, 1201):  # more than one log_batch of 1000 metrics
         writer.log({"energy/joules": step * 2.0, "energy/watts": 5.0}, step)
@@ -34,8 +24,8 @@ def test_process_writer_stores_every_point_once(run):
     assert writer.pending == 0 and writer.error is None
 
 
-def test_writer_process_death_loses_nothing(run):
-    uri, client, run_id = run
+def test_writer_process_death_loses_nothing(sqlite_run):
+    uri, client, run_id = sqlite_run
     writer = MetricWriterProcess(uri, run_id, interval_s=0.1)
     for step in range(1, 101):
         writer.log({"energy/joules": float(step)}, step)
@@ -55,8 +45,8 @@ def test_writer_process_death_loses_nothing(run):
     assert model.tags["depth.train_joules"] == "200"
 
 
-def test_thread_writer_stores_every_point_once(run):
-    uri, client, run_id = run
+def test_thread_writer_stores_every_point_once(sqlite_run):
+    uri, client, run_id = sqlite_run
     writer = BufferedMetricWriter(client, run_id, interval_s=0.1)
     for step in range(1, 301):
         writer.log({"energy/joules": float(step)}, step)
