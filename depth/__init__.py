@@ -14,17 +14,17 @@ __version__ = "0.1.0"
 __all__ = ["DepthCallback", "Provenance", "read_provenance", "__version__"]
 
 if TYPE_CHECKING:
-    from depth.callback import DepthCallback
-    from depth.provenance import Provenance, read_provenance
+    from depth.lightning.callback import DepthCallback
+    from depth.record.provenance import Provenance, read_provenance
 
 
 def __getattr__(name: str) -> Any:
     if name == "DepthCallback":
-        from depth.callback import DepthCallback
+        from depth.lightning.callback import DepthCallback
 
         return DepthCallback
     if name in ("Provenance", "read_provenance"):
-        import depth.provenance
+        import depth.record.provenance
 
-        return getattr(depth.provenance, name)
+        return getattr(depth.record.provenance, name)
     raise AttributeError(f"module 'depth' has no attribute {name!r}")

@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 
-from depth.recipe import load_recipe  # noqa: E402
-from depth.train import train  # noqa: E402
+from depth.gpt.recipe import load_recipe  # noqa: E402
+from depth.gpt.train import train  # noqa: E402
 
 # Dense peak TFLOP/s (BF16, FP32 without tensor cores) by board name: DESIGN.md's table.
 GPU_PEAK_TFLOPS = {"H100": (989.0, 67.0), "H200": (989.0, 67.0), "A100": (312.0, 19.5),

@@ -19,11 +19,11 @@ Sections, each written to one JSON and one Markdown file
    the per-step error distribution and closure.
 4. ``overhead``: GPT-2-small steps in a Lightning Trainer with and without
    `DepthCallback` (NVML counter, tracking off), alternated runs; median ratio.
-5. ``inference``: `depth.inference.measure` on GPT-2-small in bf16, batch sweep; tokens/Wh
-   and the fraction of the compute ceiling (`depth.physics`).
+5. ``inference``: `depth.serving.inference.measure` on GPT-2-small in bf16, batch sweep; tokens/Wh
+   and the fraction of the compute ceiling (`depth.serving.physics`).
 6. ``idle`` and ``suite``: idle power, and the energy of the whole suite.
 
-All analysis is in `depth.measurement` (tested on CPU in CI); this script only gathers
+All analysis is in `depth.accounting.measurement` (tested on CPU in CI); this script only gathers
 readings. ``run_suite(nvml=..., device="cpu", model="tiny")`` runs every section on a
 CPU against a test double of pynvml, which is how CI checks the script itself.
 """
@@ -224,7 +224,7 @@ def overhead_section(gpu_index: int, device: torch.device, model: str, steps: in
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, TensorDataset
 
-    from depth.callback import DepthCallback
+    from depth.lightning.callback import DepthCallback
     from depth.meters.nvml import NvmlCounterMeter
 
     cfg = MODELS[model]
@@ -274,8 +274,8 @@ def overhead_section(gpu_index: int, device: torch.device, model: str, steps: in
 
 def inference_section(gpu: Gpu, device: torch.device, model: str, batch_sizes: list[int],
                       quick: bool) -> dict[str, Any]:
-    from depth import physics
-    from depth.inference import EvalConfig, measure
+    from depth.serving import physics
+    from depth.serving.inference import EvalConfig, measure
 
     dtype = "bf16" if device.type == "cuda" else "fp32"
     gpt = _gpt(model, device, torch.float32)

@@ -7,7 +7,7 @@ No model and no real meter: a fake counter (200 W, refreshed every 100 ms of sim
 time, read at 10 ms simulated steps, like NVML under a fast training loop; the loop is
 paced at `--pace-s` wall seconds per step, 1 ms by default: ten times faster than those
 steps, so that 100,000 of them take ~100 s) feeds
-`depth.ledger.Ledger` exactly as `DepthCallback` does (one `step` per optimizer step,
+`depth.accounting.ledger.Ledger` exactly as `DepthCallback` does (one `step` per optimizer step,
 `pop_points` every step, a `state_dict` every 1,000 steps as a checkpoint would). The
 points go to a real `MetricWriterProcess` on a SQLite store, and the crash sidecar is
 rewritten from the ledger about every second of wall time. Reported every 10,000 steps:
@@ -32,9 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from depth.ledger import Ledger  # noqa: E402
-from depth.sidecar import SidecarWriter  # noqa: E402
-from depth.tracking import MetricWriterProcess  # noqa: E402
+from depth.accounting.ledger import Ledger  # noqa: E402
+from depth.lightning.sidecar import SidecarWriter  # noqa: E402
+from depth.tracking.store import MetricWriterProcess  # noqa: E402
 
 
 def rss_mb() -> float:

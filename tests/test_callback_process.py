@@ -112,7 +112,7 @@ def test_sigkill_during_checkpoint_write_leaves_no_partial_sidecar(tmp_path):
     assert data["devices"]["gpu:0"] > 0
     # Lightning writes checkpoints through a temporary file and a rename: every one the
     # kill left behind is whole, and matches its record
-    from depth.verify import OK, verify_checkpoint
+    from depth.record.verify import OK, verify_checkpoint
 
     checkpoints = list((tmp_path / "ckpt").glob("*.ckpt"))
     assert checkpoints

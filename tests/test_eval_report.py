@@ -10,8 +10,8 @@ import torch
 from mlflow import MlflowClient
 
 from depth.cli import main
-from depth.recipe import load_recipe
-from depth.train import train
+from depth.gpt.recipe import load_recipe
+from depth.gpt.train import train
 
 SMALL = ["--model.n_layer", "1", "--model.n_head", "2", "--model.n_embd", "32",
          "--model.block_size", "48", "--train.batch_size", "4", "--train.val_batches", "2",

@@ -1,4 +1,4 @@
-"""The GPU suite's analysis (`depth.measurement`) on synthetic readings, and the suite
+"""The GPU suite's analysis (`depth.accounting.measurement`) on synthetic readings, and the suite
 script itself run on the CPU against a pynvml test double whose counter advances with time
 (100 ms updates, as NVML's does)."""
 
@@ -106,7 +106,7 @@ def test_the_suite_runs_end_to_end_against_the_pynvml_double(tmp_path):
 
 
 def test_uncertainty_is_weighted_by_each_sources_joules():
-    from depth.uncertainty import of_method, uncertainty
+    from depth.record.uncertainty import of_method, uncertainty
 
     mixed = uncertainty({"nvml-counter": 900.0, "estimate": 100.0})
     assert mixed["relative"] == pytest.approx((900 * 0.10 + 100 * 0.50) / 1000)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from depth.gpt.model import GPT, GPTConfig
-from depth.inference import EvalConfig, measure, sweep_sizes
+from depth.serving.inference import EvalConfig, measure, sweep_sizes
 
 
 class PerTokenEnergy(torch.nn.Module):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from depth.ledger import BridgingReader, CounterInterpolator, Ledger
+from depth.accounting.ledger import BridgingReader, CounterInterpolator, Ledger
 from depth.meters import MeterReadError
 
 

@@ -12,7 +12,7 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 
 from depth import DepthCallback, read_provenance
-from depth.lineage import chain, load_parent_weights, resolve_parent
+from depth.record.lineage import chain, load_parent_weights, resolve_parent
 from tests.doubles.meters import ClockMeter
 from tests.lightning_models import TinyLM, loader
 

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from depth import DepthCallback
-from depth.mlflow_publish import MODEL_ARTIFACT, depth_tags, register_model
+from depth.tracking.publish import MODEL_ARTIFACT, depth_tags, register_model
 from tests.doubles.meters import ClockMeter
 from tests.lightning_models import TinyLM, loader, sqlite_mlflow_logger
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from depth import physics
-from depth.amortize import amortize, amortized_j_per_token, break_even_tokens
+from depth.serving import physics
+from depth.serving.amortize import amortize, amortized_j_per_token, break_even_tokens
 
 
 def test_landauer_bound_at_300_k():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from depth.gpt.model import GPT
-from depth.recipe import RECIPES_DIR, Recipe, load_recipe
+from depth.gpt.recipe import RECIPES_DIR, Recipe, load_recipe
 
 RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
 

@@ -9,7 +9,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 
 from depth import DepthCallback, read_provenance
-from depth.mlflow_publish import depth_tags, register_model
+from depth.tracking.publish import depth_tags, register_model
 from tests.doubles.meters import ClockMeter
 from tests.lightning_models import TinyLM, loader
 from tests.mlflow_server import MlflowServer, mlflow_server

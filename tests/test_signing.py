@@ -10,9 +10,9 @@ import torch
 from mlflow import MlflowClient
 
 from depth import DepthCallback
-from depth.provenance import Provenance, record_sha256
-from depth.tracking import redact
-from depth.verify import MISMATCH, OK, verify_checkpoint
+from depth.record.provenance import Provenance, record_sha256
+from depth.tracking.store import redact
+from depth.record.verify import MISMATCH, OK, verify_checkpoint
 from tests.doubles.meters import ClockMeter
 from tests.lightning_models import TinyLM, loader, sqlite_mlflow_logger
 from tests.mlflow_server import free_port

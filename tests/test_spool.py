@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from depth.provenance import Provenance
-from depth.spool import Spool, SpoolError, SpoolSink, sync_spool
+from depth.record.provenance import Provenance
+from depth.tracking.spool import Spool, SpoolError, SpoolSink, sync_spool
 
 
 def record(step: int) -> dict:

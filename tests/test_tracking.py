@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 
-from depth.tracking import BufferedMetricWriter, MetricWriterProcess
+from depth.tracking.store import BufferedMetricWriter, MetricWriterProcess
 
 
 def steps_of(client, run_id, key):

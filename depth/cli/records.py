@@ -18,7 +18,7 @@ def declare_verify(p: ArgumentParser) -> None:
 
 def run_verify(args: Namespace) -> int:
     """`depth verify`: 0 when weights and record match, 1 on a mismatch, 2 if unreadable."""
-    from depth.verify import verify_checkpoint
+    from depth.record.verify import verify_checkpoint
 
     verdict = verify_checkpoint(args.checkpoint, trust=args.trust)
     stream = sys.stdout if verdict.status == 0 else sys.stderr
@@ -41,7 +41,7 @@ def declare_provenance(p: ArgumentParser) -> None:
 
 def run_provenance(args: Namespace) -> int:
     """`depth provenance`: the energy record of a model, as a table or JSON."""
-    from depth.provenance import read_provenance
+    from depth.record.provenance import read_provenance
 
     try:
         record = read_provenance(args.source, tracking_uri=args.tracking_uri, trust=args.trust)
@@ -79,7 +79,7 @@ def run_provenance(args: Namespace) -> int:
     for flag in record.flags:
         print(f"  note: {flag}")
     if record.parent:
-        from depth.lineage import chain
+        from depth.record.lineage import chain
 
         print("lineage (this model first, then its parent, grandparent, ...)")
         for generation, node in enumerate(chain(record.to_dict())):
@@ -104,8 +104,8 @@ def run_card(args: Namespace) -> int:
     """`depth card`: Hugging Face model-card metadata (co2_eq_emissions and depth)."""
     from pathlib import Path
 
-    from depth.card import card_yaml
-    from depth.provenance import read_provenance
+    from depth.record.card import card_yaml
+    from depth.record.provenance import read_provenance
 
     try:
         text = card_yaml(read_provenance(args.source, tracking_uri=args.tracking_uri))

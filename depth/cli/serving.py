@@ -46,8 +46,8 @@ def run_eval(args: Namespace) -> int:
     """`depth eval`: inference tokens/Wh of a model over a batch-size sweep."""
     import torch
 
-    from depth.evaluation import evaluate
-    from depth.inference import EvalConfig, sweep_sizes
+    from depth.serving.evaluation import evaluate
+    from depth.serving.inference import EvalConfig, sweep_sizes
 
     cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     sizes = int_list("batch-sizes", args.batch_sizes) or sweep_sizes(None, 1024 if cuda else 64)
@@ -133,7 +133,7 @@ def declare_amortize(p: ArgumentParser) -> None:
 
 def run_amortize(args: Namespace) -> int:
     """`depth amortize`: training energy over served tokens, and the break-even."""
-    from depth.evaluation import amortize_source
+    from depth.serving.evaluation import amortize_source
 
     if args.served_tokens is None and (args.tokens_per_day is None or args.days is None):
         raise UsageError("give --served-tokens N, or --tokens-per-day R with --days D")
@@ -184,8 +184,8 @@ def run_report(args: Namespace) -> int:
     """`depth report`: every model of an experiment, one table and three plots."""
     from pathlib import Path
 
-    from depth.report import format_table, make_report
-    from depth.tracking import default_tracking_uri
+    from depth.serving.report import format_table, make_report
+    from depth.tracking.store import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
     out = Path(args.out or Path("reports") / args.experiment)
@@ -198,11 +198,11 @@ def run_report(args: Namespace) -> int:
     if args.json:
         print(json.dumps(report.rows, indent=2))
         return 0
-    from depth.tracking import redact
+    from depth.tracking.store import redact
 
     print(f"depth report: experiment {args.experiment!r} at {redact(uri)}")
     print(format_table(report.rows))
-    from depth.physics import GPT3_J_PER_PARAMETER
+    from depth.serving.physics import GPT3_J_PER_PARAMETER
 
     print(f"for scale: GPT-3 took ~{GPT3_J_PER_PARAMETER:.1f} J per parameter to train "
           "(1,287 MWh, Patterson et al. 2021)")

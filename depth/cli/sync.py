@@ -19,7 +19,7 @@ def declare_sync(p: ArgumentParser) -> None:
 def run_sync(args: Namespace) -> int:
     """`depth sync`: replay what a tracking server missed; each event at most once. Exit
     status 0 when replayed, 1 when the server is down or refuses, 2 for a bad spool."""
-    from depth.spool import SpoolError, sync_spool
+    from depth.tracking.spool import SpoolError, sync_spool
 
     try:
         report = sync_spool(args.spool, tracking_uri=args.tracking_uri, progress=progress)

@@ -8,19 +8,19 @@ from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
 
-from depth.physics import GPT3_J_PER_PARAMETER
+from depth.serving.physics import GPT3_J_PER_PARAMETER
 from depth.cli.common import UsageError, one_line, progress
 
 # ----------------------------------------------------------------------------- train, run
 
 def declare_train(p: ArgumentParser) -> None:
-    from depth.recipe import declare
+    from depth.gpt.recipe import declare
 
     declare(p)
 
 
 def _recipe_of(args: Namespace) -> Any:
-    from depth.recipe import declare, to_recipe
+    from depth.gpt.recipe import declare, to_recipe
 
     parser = ArgumentParser(exit_on_error=False)
     declare(parser)
@@ -31,7 +31,7 @@ def _recipe_of(args: Namespace) -> Any:
 
 
 def _train(recipe: Any) -> Any:
-    from depth.train import train
+    from depth.gpt.train import train
 
     try:
         return train(recipe)
@@ -49,7 +49,7 @@ def run_train(args: Namespace) -> int:
 def _print_training(result: Any, extra: Sequence[tuple[str, str]] = ()) -> None:
     record = result.record
     joules = record["train_joules"]
-    from depth.uncertainty import is_measured
+    from depth.record.uncertainty import is_measured
 
     measured = is_measured(record["method"])
     tokens = record["segments"][-1].get("tokens") or 0
@@ -77,14 +77,14 @@ def _ui_command(uri: str | None) -> str:
     if uri is None:
         return "(no MLflow store: tracking was off)"
     if uri.startswith(("http://", "https://")):
-        from depth.tracking import redact
+        from depth.tracking.store import redact
 
         return f"open {redact(uri)}"
     return f"mlflow ui --backend-store-uri {uri}"
 
 
 def declare_run(p: ArgumentParser) -> None:
-    from depth.recipe import declare
+    from depth.gpt.recipe import declare
 
     declare(p)
 
@@ -99,7 +99,7 @@ def run_run(args: Namespace) -> int:
     print(f"depth run: measuring inference tokens/Wh of {result.checkpoint}", file=sys.stderr)
     evaluation = _evaluate_trained(recipe, result)
     joules_per_token = evaluation["joules_per_token"]
-    from depth.amortize import amortize
+    from depth.serving.amortize import amortize
 
     served = 1e6
     spread = amortize(evaluation["depth_joules"], joules_per_token, served)
@@ -122,8 +122,8 @@ def _evaluate_trained(recipe: Any, result: Any) -> dict[str, Any]:
     """`depth eval` of the checkpoint `depth run` just trained, sized to its context."""
     import torch
 
-    from depth.evaluation import evaluate
-    from depth.inference import EvalConfig, sweep_sizes
+    from depth.serving.evaluation import evaluate
+    from depth.serving.inference import EvalConfig, sweep_sizes
 
     cuda = recipe.train.accelerator != "cpu" and torch.cuda.is_available()
     prompt = min(64, recipe.model.block_size // 2)
@@ -152,7 +152,7 @@ def with_recipe_file(argv: list[str]) -> list[str]:
     ``--config FILE`` for jsonargparse, a name resolving to ``recipes/NAME.yaml``."""
     if not argv or argv[0] not in ("train", "run"):
         return argv
-    from depth.recipe import recipe_path
+    from depth.gpt.recipe import recipe_path
 
     rest = argv[1:]
     if rest and not rest[0].startswith("-"):

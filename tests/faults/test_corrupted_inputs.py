@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from depth import DepthCallback
 from depth.cli import main
-from depth.provenance import Provenance
-from depth.spool import SpoolError, sync_spool
-from depth.verify import verify_checkpoint
+from depth.record.provenance import Provenance
+from depth.tracking.spool import SpoolError, sync_spool
+from depth.record.verify import verify_checkpoint
 from tests.doubles.meters import ClockMeter
 from tests.lightning_models import TinyLM, loader
 

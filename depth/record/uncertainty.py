@@ -22,7 +22,7 @@ RELATIVE_BOUNDS: dict[str, tuple[float, str]] = {
     "rapl": (0.10, "assumed: package and DRAM counters only; no PSU, fans, disks, network"),
     "estimate": (0.50, "assumed: a model (TDP x load curve, RAM by size), not a measurement"),
 }
-BASIS = ("assumed per-method bounds (depth.uncertainty.RELATIVE_BOUNDS), weighted by each "
+BASIS = ("assumed per-method bounds (depth.record.uncertainty.RELATIVE_BOUNDS), weighted by each "
          "source's joules; not yet measured on this hardware")
 
 

@@ -1,7 +1,7 @@
 """`depth train`: a recipe trained with `DepthCallback`, MLflow and checkpoints.
 
 Framework wiring only; the model, data and options live in `depth.gpt` and
-`depth.recipe`.
+`depth.gpt.recipe`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
-from depth.callback import DepthCallback
-from depth.recipe import Recipe
-from depth.tracking import unreachable
+from depth.lightning.callback import DepthCallback
+from depth.gpt.recipe import Recipe
+from depth.tracking.store import unreachable
 
 
 class DepthProgressBar(TQDMProgressBar):
@@ -70,7 +70,7 @@ def _accelerator(recipe: Recipe) -> str:
 def _logger(recipe: Recipe) -> Any:
     """An MLFlowLogger on the recipe's store, or ``None`` when tracking is off or its
     server is down (the callback then spools what it would have written)."""
-    from depth.tracking import artifacts_beside, default_tracking_uri
+    from depth.tracking.store import artifacts_beside, default_tracking_uri
 
     if not recipe.tracking.enabled:
         return None
@@ -97,7 +97,7 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None,
     """
     from depth.gpt.data import GPTDataModule
     from depth.gpt.module import GPTModule
-    from depth.provenance import CHECKPOINT_KEY
+    from depth.record.provenance import CHECKPOINT_KEY
 
     pl.seed_everything(recipe.train.seed, verbose=False)
     if recipe.train.torch_threads:
@@ -113,7 +113,7 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None,
     module = GPTModule(recipe.model, recipe.optim)
     module.save_hyperparameters({"recipe": asdict(recipe)})
     if recipe.init_from:
-        from depth.lineage import load_parent_weights
+        from depth.record.lineage import load_parent_weights
 
         load_parent_weights(module, recipe.init_from)
     out = Path(recipe.train.out_dir)
@@ -148,7 +148,7 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None,
         t0 = time.perf_counter()
         trainer.fit(module, datamodule=data)
         wall_s = time.perf_counter() - t0
-    from depth.checkpoint_io import load_checkpoint
+    from depth.record.checkpoint_io import load_checkpoint
 
     uri, run_id = ((logger._tracking_uri, logger.run_id) if logger is not None
                    else callback.own_run or (None, None))
@@ -163,7 +163,7 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None,
         if run_id is not None and unreachable(uri) is None:
             from mlflow import MlflowClient
 
-            from depth.mlflow_publish import publish_checkpoint, publish_checkpoint_file
+            from depth.tracking.publish import publish_checkpoint, publish_checkpoint_file
 
             client = MlflowClient(uri)
             model_id = publish_checkpoint(client, run_id, record, trainer.global_step)

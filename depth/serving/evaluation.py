@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from depth import physics
-from depth.amortize import amortize
-from depth.inference import EvalConfig, measure
+from depth.serving import physics
+from depth.serving.amortize import amortize
+from depth.serving.inference import EvalConfig, measure
 
 EVAL_SUFFIX = ".depth-eval.json"
 
@@ -78,7 +78,7 @@ def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: 
              tracking_uri: str | None = None, log: bool = True, trust: bool = False,
              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measures the model at `source`; returns one JSON-ready object (see `depth eval`)."""
-    from depth.model_source import load_model
+    from depth.serving.models import load_model
 
     loaded = load_model(source, tracking_uri=tracking_uri, trust=trust, find_in_mlflow=log)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -97,7 +97,7 @@ def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: 
             device_hw = physics.hardware(torch.cuda.get_device_name(dev))
         except ValueError:
             device_hw = None
-    from depth.uncertainty import is_measured, of_method
+    from depth.record.uncertainty import is_measured, of_method
 
     result["measured"] = is_measured(result["method"])
     result["uncertainty"] = of_method(result["method"])
@@ -169,8 +169,8 @@ def inference_j_per_token(source: str, tracking_uri: str | None = None) -> tuple
     if source.startswith(("runs:/", "models:/", "m-")):
         from mlflow import MlflowClient
 
-        from depth.provenance import logged_model_id
-        from depth.tracking import default_tracking_uri
+        from depth.record.provenance import logged_model_id
+        from depth.tracking.store import default_tracking_uri
 
         client = MlflowClient(tracking_uri or default_tracking_uri())
         model = client.get_logged_model(logged_model_id(client, source))
@@ -186,8 +186,8 @@ def amortize_source(source: str, served_tokens: float | None, tokens_per_day: fl
                     tracking_uri: str | None = None, log: bool = True) -> dict[str, Any]:
     """`depth amortize`: the model's depth over a serving horizon; logs the break-even on
     its LoggedModel."""
-    from depth.model_source import find_logged_model
-    from depth.provenance import read_provenance
+    from depth.serving.models import find_logged_model
+    from depth.record.provenance import read_provenance
 
     record = read_provenance(source, tracking_uri=tracking_uri)
     where = "given with --joules-per-token"
@@ -199,14 +199,14 @@ def amortize_source(source: str, served_tokens: float | None, tokens_per_day: fl
                   train_joules=record.train_joules, depth_joules=record.depth_joules)
     result["logged_model"] = None
     if log:
-        from depth.tracking import default_tracking_uri, unreachable
+        from depth.tracking.store import default_tracking_uri, unreachable
 
         uri = tracking_uri or default_tracking_uri()
         model_id = None
         if source.startswith(("runs:/", "models:/", "m-")):
             from mlflow import MlflowClient
 
-            from depth.provenance import logged_model_id
+            from depth.record.provenance import logged_model_id
 
             model_id = logged_model_id(MlflowClient(uri), source)
         elif record.record_sha256 and unreachable(uri) is None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from depth.provenance import CHECKPOINT_KEY, record_sha256
+from depth.record.provenance import CHECKPOINT_KEY, record_sha256
 
 ATTRIBUTE = "depth_parent"  # set on a module by `load_parent_weights`
 
@@ -49,7 +49,7 @@ def check_parent(record: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 def resolve_parent(parent: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     """A parent given as a record, a checkpoint path or an MLflow source, checked."""
-    from depth.provenance import read_provenance
+    from depth.record.provenance import read_provenance
 
     if isinstance(parent, Mapping):
         return check_parent(parent, "record")
@@ -69,7 +69,7 @@ def load_parent_weights(module: Any, path: str | Path, strict: bool = True) -> d
     Raises:
         ValueError: No depth record in the checkpoint, or one that fails its digest.
     """
-    from depth.checkpoint_io import load_checkpoint
+    from depth.record.checkpoint_io import load_checkpoint
 
     checkpoint = load_checkpoint(Path(path))
     record = checkpoint.get(CHECKPOINT_KEY)

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from depth.physics import J_PER_WH
+from depth.serving.physics import J_PER_WH
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

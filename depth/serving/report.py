@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from depth import physics
-from depth.uncertainty import is_measured
+from depth.serving import physics
+from depth.record.uncertainty import is_measured
 
 COLUMNS = ("model", "run", "step", "depth_kwh", "j_per_param", "train_tokens_per_wh",
            "inference_tokens_per_wh", "best_batch", "ceiling_fraction", "landauer_ratio",
@@ -53,7 +53,7 @@ def _by_batch(model: Any) -> list[tuple[int, float]]:
 def collect(client: Any, tracking_uri: str, experiment_id: str, all_checkpoints: bool = False
             ) -> list[tuple[dict[str, Any], Any]]:
     """(row, LoggedModel) per model, by run name and step."""
-    from depth.provenance import read_provenance
+    from depth.record.provenance import read_provenance
 
     models = [m for m in client.search_logged_models([experiment_id])
               if "depth.step" in m.tags]
@@ -143,7 +143,7 @@ def _plot_amortization(pairs: list[tuple[dict[str, Any], Any]], path: Path) -> N
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from depth.amortize import amortized_j_per_token
+    from depth.serving.amortize import amortized_j_per_token
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = False
@@ -188,7 +188,7 @@ def make_report(experiment: str, tracking_uri: str, out_dir: Path,
     found = client.get_experiment_by_name(experiment)
     if found is None:
         names = [e.name for e in client.search_experiments()]
-        from depth.tracking import redact
+        from depth.tracking.store import redact
 
         raise ValueError(f"no experiment {experiment!r} at {redact(tracking_uri)}"
                          + (f"; there are: {', '.join(names)}" if names else ""))

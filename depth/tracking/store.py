@@ -4,7 +4,7 @@ One ``log_metric`` call costs ~5 ms on a SQLite store, and even batched, MLflow'
 SQLAlchemy store spends ~0.3 ms of GIL-holding Python per metric row. One point per
 optimizer step at 10 ms steps is ~500 rows a second, so a writer *thread* would hold the
 GIL a quarter of the time. `MetricWriterProcess` ships points once a second to a separate
-process (`depth.metric_writer`) that calls ``MlflowClient.log_batch``;
+process (`depth.tracking.writer_child`) that calls ``MlflowClient.log_batch``;
 `BufferedMetricWriter` is the in-process fallback (a daemon thread). mlflow is imported
 only where used.
 """
@@ -73,7 +73,7 @@ class BufferedMetricWriter(CheckpointEvents):
         client: An ``mlflow.MlflowClient`` (``MLFlowLogger.experiment``).
         run_id: The run to write to.
         interval_s: How often the background thread sends what is queued.
-        spool: Where what the store refuses goes (`depth.spool.Spool`); without one, it
+        spool: Where what the store refuses goes (`depth.tracking.spool.Spool`); without one, it
             stays queued in memory and is retried.
 
     A failed send warns once. With a spool, the refused batch is spooled at once (MLflow's
@@ -127,7 +127,7 @@ class BufferedMetricWriter(CheckpointEvents):
                 self._send_checkpoints()
 
     def _send_checkpoints(self) -> None:
-        from depth.mlflow_publish import publish_event
+        from depth.tracking.publish import publish_event
 
         while True:
             with self._lock:
@@ -244,7 +244,7 @@ def tracking_uri_of(logger: Any) -> str:
 
 
 class MetricWriterProcess(CheckpointEvents):
-    """Sends metric points to a ``depth.metric_writer`` process, which writes to MLflow.
+    """Sends metric points to a ``depth.tracking.writer_child`` process, which writes to MLflow.
 
     The training process only appends tuples to a list; a sender thread ships them once
     per `interval_s` as a JSON line (a few hundred microseconds of work per second). Each
@@ -252,14 +252,14 @@ class MetricWriterProcess(CheckpointEvents):
     and queued points go to an in-process `BufferedMetricWriter`, so none are lost.
 
     When the store refuses a batch (its server is down: the writer process fails fast, see
-    `depth.metric_writer`), the batch goes to the `spool`, and at `close` whatever is still
+    `depth.tracking.writer_child`), the batch goes to the `spool`, and at `close` whatever is still
     unacknowledged goes there too, after at most 2 s of waiting once an outage is known.
 
     Args:
         tracking_uri: The MLflow tracking URI of the run.
         run_id: The run to write to.
         interval_s: How often queued points are shipped.
-        spool: A `depth.spool.Spool` for what cannot be stored; without one, refused
+        spool: A `depth.tracking.spool.Spool` for what cannot be stored; without one, refused
             batches are reported at `close` as lost.
         retry_s: How long the writer retries a batch while the store had been working,
             before it is refused (then spooled).
@@ -293,7 +293,7 @@ class MetricWriterProcess(CheckpointEvents):
         self._proc = subprocess.Popen(
             # The URI goes through the environment, not argv: other users can read a
             # process's arguments (ps), and a URI may carry credentials.
-            [sys.executable, "-m", "depth.metric_writer", "-", run_id, str(retry_s)],
+            [sys.executable, "-m", "depth.tracking.writer_child", "-", run_id, str(retry_s)],
             env={**os.environ, URI_ENV: tracking_uri},
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, bufsize=1)

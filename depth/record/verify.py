@@ -4,7 +4,7 @@ Two digests are checked: ``weights_sha256`` (the saved state_dict, recomputed he
 ``record_sha256`` (the record itself). Checkpoints are loaded with
 ``torch.load(weights_only=True)``: a checkpoint being verified is not yet trusted, so no
 code in it runs unless the caller says so (`trust`). With ``DEPTH_SIGNING_KEY`` set, the
-record's signature is checked too (`depth.signing`).
+record's signature is checked too (`depth.record.signing`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from depth.checkpoint_io import load_checkpoint
-from depth.provenance import CHECKPOINT_KEY, record_sha256, weights_sha256
+from depth.record.checkpoint_io import load_checkpoint
+from depth.record.provenance import CHECKPOINT_KEY, record_sha256, weights_sha256
 
 OK, MISMATCH, UNREADABLE = 0, 1, 2
 
@@ -50,7 +50,7 @@ def verify_checkpoint(path: str | Path, trust: bool = False) -> Verdict:
         recorded = str(record.get("weights_sha256"))
         return Verdict(MISMATCH, f"{path}: the weights changed since the record was written "
                                  f"(sha256 {actual[:12]}... != {recorded[:12]}...)")
-    from depth.signing import check, signing_key
+    from depth.record.signing import check, signing_key
 
     signed, why = check(record, signing_key())
     if signed is False:

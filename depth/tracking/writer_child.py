@@ -1,12 +1,12 @@
-"""The MLflow metric writer process: ``python -m depth.metric_writer URI RUN_ID [RETRY_S]``.
+"""The MLflow metric writer process: ``python -m depth.tracking.writer_child URI RUN_ID [RETRY_S]``.
 
 Reads JSON lines on stdin, one batch each: ``{"seq": N, "points": [[key, value,
 timestamp_ms, step], ...], "checkpoints": [{"record": {...}, "step": S}, ...]}``, writes
 the points with ``MlflowClient.log_batch`` (at most 1000 metrics per call), publishes each
-checkpoint's record (`depth.mlflow_publish.publish_checkpoint`), and answers
+checkpoint's record (`depth.tracking.publish.publish_checkpoint`), and answers
 ``{"ack": N, "models": [[S, model_id], ...]}`` on stdout once batch N is stored, or
 ``{"error": "..."}`` while retrying and ``{"failed": N}`` after RETRY_S (the trainer then
-spools batch N; see `depth.spool`), and ``{"warning": "..."}`` for a checkpoint file that
+spools batch N; see `depth.tracking.spool`), and ``{"warning": "..."}`` for a checkpoint file that
 could not be uploaded. After a failed batch, each batch gets one attempt until one goes
 through, so an outage costs the trainer nothing but spool lines. End of input (the
 trainer finished, or died) means: write what is left and exit.
@@ -55,7 +55,7 @@ def _with_retry(write: Callable[[], object], budget_s: float) -> bool:
 
 
 def _publish(client: Any, run_id: str, event: dict[str, Any], models: list[list[Any]]) -> None:
-    from depth.mlflow_publish import publish_event
+    from depth.tracking.publish import publish_event
 
     model_id, problem = publish_event(client, run_id, event)
     if model_id is not None:
@@ -67,7 +67,7 @@ def _publish(client: Any, run_id: str, event: dict[str, Any], models: list[list[
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (2, 3):
-        print("usage: python -m depth.metric_writer TRACKING_URI RUN_ID [RETRY_S]",
+        print("usage: python -m depth.tracking.writer_child TRACKING_URI RUN_ID [RETRY_S]",
               file=sys.stderr)
         return 2
     uri, run_id = args[:2]

@@ -86,13 +86,13 @@ def step_joules(reads: Sequence[tuple[float, float, int | None]],
         reads: (time s, cumulative joules, step or None) in time order: the first is the
             start of the first step, each read with a step number ends that step, and the
             last read closes the run (taken as exact).
-        max_lag_s: As `depth.ledger.CounterInterpolator`.
+        max_lag_s: As `depth.accounting.ledger.CounterInterpolator`.
 
     Returns:
         Joules of each step, in step order: the attributed cumulative value at the last
         step's end minus the first read (what is left to the final read is the tail).
     """
-    from depth.ledger import CounterInterpolator
+    from depth.accounting.ledger import CounterInterpolator
 
     t0, e0, _ = reads[0]
     interp = CounterInterpolator(t0, e0, max_lag_s)

@@ -16,7 +16,7 @@ from depth.gpt.data import DataConfig
 from depth.gpt.model import GPTConfig
 from depth.gpt.module import OptimConfig
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
 @dataclass

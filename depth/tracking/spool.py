@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from depth.tracking import CheckpointEvents, redact  # stdlib-only at import
+from depth.tracking.store import CheckpointEvents, redact  # stdlib-only at import
 
 SCHEMA = 1
 SUFFIX = ".jsonl"
@@ -226,7 +226,7 @@ def _mark_done(path: Path, entry: Mapping[str, Any]) -> None:
 
 
 def _create_run(client: Any, header: Mapping[str, Any], tracking_uri: str) -> str:
-    from depth.tracking import artifacts_beside
+    from depth.tracking.store import artifacts_beside
 
     name = header.get("experiment_name") or "depth"
     experiment = client.get_experiment_by_name(name)
@@ -267,8 +267,8 @@ def sync_spool(source: str | Path, tracking_uri: str | None = None,
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from depth.mlflow_publish import publish_event
-    from depth.tracking import MAX_METRICS_PER_BATCH, unreachable
+    from depth.tracking.publish import publish_event
+    from depth.tracking.store import MAX_METRICS_PER_BATCH, unreachable
 
     report = SyncReport()
     for path in spool_files(source):

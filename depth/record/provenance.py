@@ -101,10 +101,10 @@ class Provenance:
         carbon: kg CO2eq of this model's own training (facility energy when a PUE is
             given) at a CodeCarbon offline grid intensity, labelled ``estimate``.
         uncertainty: Relative bound on `train_joules` and its basis, from the methods used
-            (see `depth.uncertainty`).
+            (see `depth.record.uncertainty`).
         record_sha256: Digest of the rest of the record (see `record_sha256`), set by
             `sealed`; an edited record no longer matches it.
-        signature: HMAC of `record_sha256` with the owner's key (`depth.signing`), when
+        signature: HMAC of `record_sha256` with the owner's key (`depth.record.signing`), when
             ``DEPTH_SIGNING_KEY`` was set; ``None`` otherwise.
     """
 
@@ -140,7 +140,7 @@ class Provenance:
     @property
     def depth_joules(self) -> float:
         """The model's depth: its own training joules plus every ancestor's (lineage)."""
-        from depth.lineage import depth_joules
+        from depth.record.lineage import depth_joules
 
         return depth_joules(asdict(self))
 
@@ -153,7 +153,7 @@ class Provenance:
     def sealed(self, key: bytes | None = None, key_id: str | None = None) -> dict[str, Any]:
         """`to_dict` with ``record_sha256`` set over everything else, and signed with `key`
         when one is given: what checkpoints carry."""
-        from depth.signing import signature
+        from depth.record.signing import signature
 
         data = self.to_dict()
         data["signature"] = None
@@ -183,7 +183,7 @@ def provenance_from_checkpoint(path: str | Path, trust: bool = False) -> Provena
         OSError: Missing or unreadable file.
         ValueError: Truncated, not a checkpoint, or no depth record.
     """
-    from depth.checkpoint_io import load_checkpoint
+    from depth.record.checkpoint_io import load_checkpoint
 
     checkpoint = load_checkpoint(Path(path), trust)
     if CHECKPOINT_KEY not in checkpoint:
@@ -251,8 +251,8 @@ def read_provenance(source: str | Path, tracking_uri: str | None = None,
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
-    from depth.mlflow_publish import MODEL_ARTIFACT, RUN_ARTIFACT
-    from depth.tracking import default_tracking_uri
+    from depth.tracking.publish import MODEL_ARTIFACT, RUN_ARTIFACT
+    from depth.tracking.store import default_tracking_uri
 
     tracking_uri = tracking_uri or default_tracking_uri()
     client = MlflowClient(tracking_uri)

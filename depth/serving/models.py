@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from depth.provenance import CHECKPOINT_KEY
+from depth.record.provenance import CHECKPOINT_KEY
 
 MLFLOW_PREFIXES = ("runs:/", "models:/", "m-")
 
@@ -44,7 +44,7 @@ def _gpt_from_checkpoint(checkpoint: dict[str, Any]) -> Any:
     if "model" not in hparams or "optim" not in hparams:
         raise ValueError("the checkpoint is not of a depth GPT recipe (no model and optim "
                          "hyperparameters); evaluate other models from Python with "
-                         "depth.inference.measure")
+                         "depth.serving.inference.measure")
     module = GPTModule(hparams["model"], hparams["optim"])
     module.load_state_dict(checkpoint["state_dict"])
     return module
@@ -54,7 +54,7 @@ def find_logged_model(tracking_uri: str, digest: str) -> str | None:
     """The LoggedModel of a record (by ``depth.record_sha256``) in any experiment."""
     from mlflow import MlflowClient
 
-    from depth.mlflow_publish import find_model
+    from depth.tracking.publish import find_model
 
     return find_model(MlflowClient(tracking_uri), None, digest)
 
@@ -67,7 +67,7 @@ def load_model(source: str, tracking_uri: str | None = None, trust: bool = False
         ValueError: One line: no such model, no checkpoint file behind an MLflow source, or
             a checkpoint that is not of a GPT recipe.
     """
-    from depth.checkpoint_io import load_checkpoint
+    from depth.record.checkpoint_io import load_checkpoint
 
     model_id = None
     uri = None
@@ -76,8 +76,8 @@ def load_model(source: str, tracking_uri: str | None = None, trust: bool = False
         from mlflow.artifacts import download_artifacts
         from mlflow.exceptions import MlflowException
 
-        from depth.provenance import logged_model_id
-        from depth.tracking import default_tracking_uri
+        from depth.record.provenance import logged_model_id
+        from depth.tracking.store import default_tracking_uri
 
         uri = tracking_uri or default_tracking_uri()
         client = MlflowClient(uri)
@@ -102,7 +102,7 @@ def load_model(source: str, tracking_uri: str | None = None, trust: bool = False
         raise ValueError(f"{source} carries no depth record")
     module = _gpt_from_checkpoint(checkpoint)
     if model_id is None and find_in_mlflow and record.get("record_sha256"):
-        from depth.tracking import default_tracking_uri, unreachable
+        from depth.tracking.store import default_tracking_uri, unreachable
 
         uri = tracking_uri or default_tracking_uri()
         model_id = find_logged_model(uri, record["record_sha256"]) if not unreachable(uri) \

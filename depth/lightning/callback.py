@@ -1,6 +1,6 @@
 """`DepthCallback`: cumulative joules per optimizer step, embedded in every checkpoint.
 
-A thin Lightning layer over `depth.ledger`. What it adds to the ledger is Lightning's:
+A thin Lightning layer over `depth.accounting.ledger`. What it adds to the ledger is Lightning's:
 when an optimizer step ends (``global_step`` advanced: correct under gradient accumulation
 and manual optimization), which device each rank uses, combining ranks with one small
 collective at log and checkpoint points, loggers, checkpoints, resume and the crash
@@ -22,13 +22,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
-from depth.ledger import BridgingReader, Ledger, Point, utc_now
+from depth.accounting.ledger import BridgingReader, Ledger, Point, utc_now
 from depth.meters import METER_NAMES, EnergyMeter, MeterUnavailable, auto_meter, make_meter
-from depth.provenance import CHECKPOINT_KEY, Provenance, weights_sha256
-from depth.sidecar import SidecarWriter, read_sidecar, sidecar_path
-from depth.spool import Spool, SpoolSink
-from depth.tokens import token_counter
-from depth.tracking import (
+from depth.record.provenance import CHECKPOINT_KEY, Provenance, weights_sha256
+from depth.lightning.sidecar import SidecarWriter, read_sidecar, sidecar_path
+from depth.tracking.spool import Spool, SpoolSink
+from depth.accounting.tokens import token_counter
+from depth.tracking.store import (
     BufferedMetricWriter,
     MetricWriterProcess,
     default_tracking_uri,
@@ -125,7 +125,7 @@ class DepthCallback(Callback):
         parent: The model this one is fine-tuned or distilled from: a checkpoint path,
             an MLflow source (``runs:/``, ``models:/``, ``m-``) or a record. Its record is
             embedded (digest-checked) and its depth added to this model's. By default, a
-            parent whose weights were loaded with `depth.lineage.load_parent_weights`.
+            parent whose weights were loaded with `depth.record.lineage.load_parent_weights`.
         country_iso_code: Where the energy was drawn (ISO 3166 alpha-3, e.g. ``"FRA"``), for
             the carbon estimate; CodeCarbon's world average when not given.
         region: A region CodeCarbon knows within that country (e.g. ``"california"``).
@@ -275,11 +275,11 @@ class DepthCallback(Callback):
         self._parameters = sum(p.numel() for p in pl_module.parameters())
         self._config_sha256 = config_sha256(trainer, pl_module)
         if self._intensity is None:
-            from depth.carbon import grid_intensity
+            from depth.record.carbon import grid_intensity
 
             self._intensity = grid_intensity(self.country_iso_code, self.region)
         if self.parent is None:
-            from depth.lineage import ATTRIBUTE, check_parent, resolve_parent
+            from depth.record.lineage import ATTRIBUTE, check_parent, resolve_parent
 
             if self.parent_spec is not None:
                 self.parent = resolve_parent(self.parent_spec)
@@ -566,7 +566,7 @@ class DepthCallback(Callback):
         self._last_state = None
         digest = (weights_sha256(checkpoint["state_dict"])
                   if trainer.is_global_zero and "state_dict" in checkpoint else None)
-        from depth.signing import KEY_ID_ENV, signing_key
+        from depth.record.signing import KEY_ID_ENV, signing_key
 
         record = self.provenance(state, digest).sealed(signing_key(),
                                                        os.environ.get(KEY_ID_ENV) or None)
@@ -629,10 +629,10 @@ class DepthCallback(Callback):
 
     def provenance(self, state: Mapping[str, Any], digest: str | None = None) -> Provenance:
         """The record for a ledger state (as saved at a checkpoint)."""
-        from depth.carbon import carbon_for
-        from depth.provenance import known_error
+        from depth.record.carbon import carbon_for
+        from depth.record.provenance import known_error
 
-        from depth.uncertainty import uncertainty
+        from depth.record.uncertainty import uncertainty
 
         facility = state["train_joules"] * self.pue if self.pue else None
         by_method: dict[str, float] = {}

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from depth.provenance import Provenance
-from depth.uncertainty import is_measured
+from depth.record.provenance import Provenance
+from depth.record.uncertainty import is_measured
 
 
 def hardware_used(record: Provenance) -> str:
