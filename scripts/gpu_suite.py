@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from depth import measurement  # noqa: E402
+from depth.accounting import measurement  # noqa: E402
 from depth.gpt.model import GPT, GPTConfig  # noqa: E402
 
 MODELS = {

@@ -35,7 +35,7 @@ def train(store: Path) -> tuple[str, str, str]:
 
     from depth import DepthCallback
     from tests.doubles.meters import ClockMeter
-    from tests.lightning_models import TinyLM, loader
+    from tests.support.lightning_models import TinyLM, loader
 
     logger = MLFlowLogger(experiment_name="depth-demo", run_name="tiny-lm",
                           tracking_uri=f"sqlite:///{store}/mlflow.db",
@@ -65,7 +65,7 @@ def main() -> int:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
-    from tests.mlflow_server import mlflow_server
+    from tests.support.mlflow_server import mlflow_server
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

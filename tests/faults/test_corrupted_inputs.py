@@ -14,7 +14,7 @@ from depth.record.provenance import Provenance
 from depth.tracking.spool import SpoolError, sync_spool
 from depth.record.verify import verify_checkpoint
 from tests.doubles.meters import ClockMeter
-from tests.lightning_models import TinyLM, loader
+from tests.support.lightning_models import TinyLM, loader
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -10,7 +10,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from depth import DepthCallback
 from tests.doubles.meters import ClockMeter
-from tests.lightning_models import TinyLM, loader
+from tests.support.lightning_models import TinyLM, loader
 
 
 def test_failing_sidecar_writes_warn_once_and_are_recorded(tmp_path):

@@ -14,7 +14,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from depth import DepthCallback
 from tests.doubles.meters import ClockMeter
-from tests.lightning_models import TinyLM, loader
+from tests.support.lightning_models import TinyLM, loader
 
 
 @pytest.fixture(scope="module")

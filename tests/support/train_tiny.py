@@ -19,7 +19,7 @@ from pytorch_lightning.loggers import CSVLogger  # noqa: E402
 
 from depth import DepthCallback  # noqa: E402
 from tests.doubles.meters import ClockMeter  # noqa: E402
-from tests.lightning_models import TinyLM, loader  # noqa: E402
+from tests.support.lightning_models import TinyLM, loader  # noqa: E402
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from depth import DepthCallback
 from depth.tracking.publish import MODEL_ARTIFACT, depth_tags, register_model
 from tests.doubles.meters import ClockMeter
-from tests.lightning_models import TinyLM, loader, sqlite_mlflow_logger
+from tests.support.lightning_models import TinyLM, loader, sqlite_mlflow_logger
 
 TAGS = ("depth.train_joules", "depth.train_kwh", "depth.optimizer_steps",
         "depth.train_tokens", "depth.method", "depth.weights_sha256")
@@ -82,13 +82,13 @@ def test_default_store_is_sqlite_under_mlruns(tmp_path):
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     script = f"""
 import sys; sys.path.insert(0, {str(root)!r})
 import pytorch_lightning as pl
 from depth import DepthCallback
 from tests.doubles.meters import ClockMeter
-from tests.lightning_models import TinyLM, loader, sqlite_mlflow_logger
+from tests.support.lightning_models import TinyLM, loader, sqlite_mlflow_logger
 cb = DepthCallback(ClockMeter())
 pl.Trainer(callbacks=[cb], logger=False, max_epochs=1, enable_progress_bar=False,
            accelerator="cpu", devices=1).fit(TinyLM(), loader(n=8))

@@ -8,7 +8,7 @@ import pytest
 
 from depth.meters import CounterNotSupported, MeterReadError, MeterUnavailable
 from depth.meters.nvml import NvmlCounterMeter, NvmlPowerMeter, parse_visible_devices
-from tests.blocking import read_returns_while_sampler_is_stuck, stuck_sampler
+from tests.support.blocking import read_returns_while_sampler_is_stuck, stuck_sampler
 from tests.doubles.pynvml_double import FakeGpu, FakeNvml, gpus
 
 

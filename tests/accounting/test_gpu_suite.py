@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from depth import measurement
+from depth.accounting import measurement
 from tests.doubles.pynvml_double import FakeGpu, FakeNvml
 
-SUITE = Path(__file__).resolve().parents[1] / "scripts" / "gpu_suite.py"
+SUITE = Path(__file__).resolve().parents[2] / "scripts" / "gpu_suite.py"
 
 
 def test_percentiles_latency_and_update_period():

@@ -14,8 +14,8 @@ from depth.record.provenance import Provenance, record_sha256
 from depth.tracking.store import redact
 from depth.record.verify import MISMATCH, OK, verify_checkpoint
 from tests.doubles.meters import ClockMeter
-from tests.lightning_models import TinyLM, loader, sqlite_mlflow_logger
-from tests.mlflow_server import free_port
+from tests.support.lightning_models import TinyLM, loader, sqlite_mlflow_logger
+from tests.support.mlflow_server import free_port
 
 KEY = "key-0f1e2d3c4b5a"
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from depth.meters.estimate import CpuLoad, EstimateMeter, cpu_power_w
-from tests.blocking import read_returns_while_sampler_is_stuck, stuck_sampler
+from tests.support.blocking import read_returns_while_sampler_is_stuck, stuck_sampler
 
 
 def test_cpu_power_follows_codecarbon_machine_curve():

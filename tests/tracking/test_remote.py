@@ -11,8 +11,8 @@ from pytorch_lightning.loggers import MLFlowLogger
 from depth import DepthCallback, read_provenance
 from depth.tracking.publish import depth_tags, register_model
 from tests.doubles.meters import ClockMeter
-from tests.lightning_models import TinyLM, loader
-from tests.mlflow_server import MlflowServer, mlflow_server
+from tests.support.lightning_models import TinyLM, loader
+from tests.support.mlflow_server import MlflowServer, mlflow_server
 
 
 def test_provenance_round_trip_through_a_tracking_server(tmp_path):

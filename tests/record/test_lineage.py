@@ -14,7 +14,7 @@ from pytorch_lightning.loggers import CSVLogger
 from depth import DepthCallback, read_provenance
 from depth.record.lineage import chain, load_parent_weights, resolve_parent
 from tests.doubles.meters import ClockMeter
-from tests.lightning_models import TinyLM, loader
+from tests.support.lightning_models import TinyLM, loader
 
 
 def train(root: Path, module: TinyLM, callback: DepthCallback) -> Path:

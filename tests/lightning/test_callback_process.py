@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).parent / "scripts" / "train_tiny.py"
-ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve().parents[1] / "support" / "train_tiny.py"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def train(directory: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -151,7 +151,7 @@ def test_ddp_two_ranks_sharing_one_gpu_count_it_once(tmp_path):
 def test_two_nodes_on_loopback_meter_each_node_and_sum(tmp_path):
     """Two "nodes" of one rank each (NODE_RANK 0 and 1, MASTER_ADDR=127.0.0.1), launched
     as a multi-node job launches them: per-rank GPUs and each node's CPU, summed once."""
-    from tests.mlflow_server import free_port
+    from tests.support.mlflow_server import free_port
 
     port = str(free_port())
     procs = []

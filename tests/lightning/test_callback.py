@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import CSVLogger
 from depth import DepthCallback, Provenance
 from depth.record.provenance import provenance_from_checkpoint, weights_sha256
 from tests.doubles.meters import ClockMeter
-from tests.lightning_models import TinyLM, loader, sqlite_mlflow_logger
+from tests.support.lightning_models import TinyLM, loader, sqlite_mlflow_logger
 
 QUIET = dict(enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
              accelerator="cpu", devices=1)
