@@ -15,7 +15,8 @@ __all__ = ["DepthCallback", "Provenance", "read_provenance", "__version__"]
 
 if TYPE_CHECKING:
     from depth.lightning.callback import DepthCallback
-    from depth.record.provenance import Provenance, read_provenance
+    from depth.record.provenance import Provenance
+    from depth.tracking.sources import read_provenance
 
 
 def __getattr__(name: str) -> Any:
@@ -23,8 +24,12 @@ def __getattr__(name: str) -> Any:
         from depth.lightning.callback import DepthCallback
 
         return DepthCallback
-    if name in ("Provenance", "read_provenance"):
-        import depth.record.provenance
+    if name == "Provenance":
+        from depth.record.provenance import Provenance
 
-        return getattr(depth.record.provenance, name)
+        return Provenance
+    if name == "read_provenance":  # checkpoint files and MLflow sources alike
+        from depth.tracking.sources import read_provenance
+
+        return read_provenance
     raise AttributeError(f"module 'depth' has no attribute {name!r}")

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from depth.record.provenance import weights_sha256  # noqa: E402
+from depth.record.digest import weights_sha256  # noqa: E402
 
 
 def main() -> int:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from depth.accounting.ledger import Ledger  # noqa: E402
 from depth.lightning.sidecar import SidecarWriter  # noqa: E402
-from depth.tracking.store import MetricWriterProcess  # noqa: E402
+from depth.tracking.writer_process import MetricWriterProcess  # noqa: E402
 
 
 def rss_mb() -> float:

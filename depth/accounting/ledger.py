@@ -1,18 +1,9 @@
-"""Framework-free energy accounting: cumulative joules, step attribution, segments, waste.
+"""Framework-free energy accounting: cumulative joules, step points, segments, waste.
 
 The ledger is fed *observations* (a monotonic time and cumulative joules per device) at
 optimizer-step boundaries, and returns *points* (one per logged step) whose joules add up
-exactly to the cumulative total (closure).
-
-Attribution. Hardware counters refresh slower than a short step (NVML: ~100 ms). Reading
-such a counter at each step boundary gives a staircase: zero, zero, spike. Instead, each
-device's counter is treated as samples of a continuous curve: when a read shows a new
-value, the update happened at some time between this read and the previous one, placed at
-the midpoint (its expected time); boundaries in between are placed on the straight line
-from the previous update to this one. A boundary is therefore final only once the next
-update arrives (at most one refresh period later), and each boundary's value lies between
-the counter values around it, so closure is exact and values never decrease. A counter
-silent for `max_lag_s` is taken as flat (no energy) for the boundaries it kept waiting.
+exactly to the cumulative total (closure). How a boundary is placed between counter
+updates is `depth.accounting.attribution`.
 
 Segments. Every fit is a segment. The model's depth is the sum of all segments, including
 *wasted* ones: energy spent after the checkpoint a run resumes from (recomputed steps,
@@ -24,160 +15,18 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+from depth.accounting.attribution import CounterInterpolator
 
 SCHEMA = 1
 
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-class CounterInterpolator:
-    """Places step boundaries on a piecewise-linear curve through a counter's updates.
-
-    Args:
-        t0_s: Monotonic time of the first reading.
-        energy0_j: The first reading.
-        max_lag_s: Boundaries older than this with no counter update are finalized flat.
-    """
-
-    def __init__(self, t0_s: float, energy0_j: float, max_lag_s: float = 1.0):
-        self.anchor = (t0_s, energy0_j)  # last known point of the curve
-        self.last = (t0_s, energy0_j)  # last read
-        self.max_lag_s = max_lag_s
-        self.pending: deque[tuple[int, float]] = deque()  # (key, t_s), oldest first
-
-    def observe(self, t_s: float, energy_j: float, key: int | None = None) -> dict[int, float]:
-        """Feeds a read; `key` marks it as a boundary. Returns boundaries now final."""
-        done: dict[int, float] = {}
-        t_prev, e_prev = self.last
-        if energy_j != e_prev and t_s > t_prev:
-            t_update = 0.5 * (t_prev + t_s)  # the update happened in (t_prev, t_s]
-            self._place(t_update, energy_j, done)
-        self.last = (t_s, energy_j) if t_s >= t_prev else self.last
-        if key is not None:
-            self.pending.append((key, t_s))
-        if self.pending and t_s - self.pending[0][1] > self.max_lag_s:
-            # A counter silent this long has not moved: those boundaries got no energy.
-            anchor_e = self.anchor[1]
-            while self.pending and t_s - self.pending[0][1] > self.max_lag_s:
-                done[self.pending.popleft()[0]] = anchor_e
-            self.anchor = (max(self.anchor[0], t_prev), anchor_e)
-        return done
-
-    def _place(self, t_s: float, energy_j: float, done: dict[int, float]) -> None:
-        t_a, e_a = self.anchor
-        while self.pending and self.pending[0][1] <= t_s:
-            key, t_b = self.pending.popleft()
-            frac = (t_b - t_a) / (t_s - t_a) if t_s > t_a else 1.0
-            done[key] = e_a + (energy_j - e_a) * min(max(frac, 0.0), 1.0)
-        self.anchor = (t_s, energy_j)
-
-    def close(self, t_s: float, energy_j: float) -> dict[int, float]:
-        """Final read, taken as exact at `t_s`: every pending boundary becomes final."""
-        done: dict[int, float] = {}
-        self._place(max(t_s, self.anchor[0]), energy_j, done)
-        for key, _ in self.pending:  # boundaries after t_s (clock quirks): at the end value
-            done[key] = energy_j
-        self.pending.clear()
-        self.last = (t_s, energy_j)
-        return done
-
-
-class BridgingReader:
-    """Reads a meter and never raises: devices that fail are bridged by last power x gap.
-
-    A failing device is estimated as its last measured power (over at least
-    `power_window_s`) times the time since its last good read; the estimate is counted in
-    ``bridged_j`` and described in ``flags``, and `on_failure` is called once per device.
-    A device that answers again continues from its measured value (never below what was
-    already reported). Thread-safe: the sidecar thread and the training thread share it.
-
-    Args:
-        read: The meter's ``read``.
-        devices: The device labels to report.
-        on_failure: Called once per failing device with a one-line message (e.g. a warning).
-        clock: Monotonic clock (injectable for tests).
-    """
-
-    def __init__(self, read: Callable[[], Mapping[str, float]], devices: Sequence[str],
-                 on_failure: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic, power_window_s: float = 1.0):
-        import threading
-
-        self._read = read
-        self.devices = list(devices)
-        self._on_failure = on_failure or (lambda message: None)
-        self._clock = clock
-        self._window_s = power_window_s
-        self._lock = threading.Lock()
-        self._value: dict[str, float] = {}
-        self._last_good: dict[str, tuple[float, float]] = {}
-        self._ref: dict[str, tuple[float, float]] = {}  # for the power estimate
-        self.power_w: dict[str, float] = {}
-        self.bridged_j: dict[str, float] = {}
-        self.failing: dict[str, str] = {}
-        self.flags: list[str] = []
-
-    def read(self) -> tuple[float, dict[str, float]]:
-        """(monotonic time, cumulative joules per device) — measured, or bridged."""
-        from depth.meters.base import MeterReadError
-
-        with self._lock:
-            failed: dict[str, str] = {}
-            try:
-                raw = dict(self._read())
-            except MeterReadError as err:
-                raw = dict(err.partial)
-                failed = {d: err.reason for d in self.devices if d not in raw}
-            except Exception as err:  # a third-party meter: every device failed
-                raw = {}
-                failed = {d: f"{type(err).__name__}: {err}" for d in self.devices}
-            t_s = self._clock()
-            for device in self.devices:
-                if device in raw and device not in failed:
-                    self._good(device, t_s, float(raw[device]))
-                else:
-                    self._bridge(device, t_s, failed.get(device, "no reading"))
-            return t_s, dict(self._value)
-
-    def _good(self, device: str, t_s: float, energy_j: float) -> None:
-        if device in self.failing:
-            self.flags.append(f"{device}: answered again after "
-                              f"{self.bridged_j.get(device, 0.0):.3f} J were bridged")
-            del self.failing[device]
-        value = max(energy_j, self._value.get(device, energy_j))
-        self._value[device] = value
-        self._last_good[device] = (t_s, value)
-        ref = self._ref.setdefault(device, (t_s, value))
-        if t_s - ref[0] >= self._window_s:
-            self.power_w[device] = (value - ref[1]) / (t_s - ref[0])
-            self._ref[device] = (t_s, value)
-
-    def _bridge(self, device: str, t_s: float, reason: str) -> None:
-        if device not in self.failing:
-            self.failing[device] = reason
-            power = self.power_w.get(device)
-            if power is None:  # no full window yet: the power since the first good read
-                ref, last = self._ref.get(device), self._last_good.get(device)
-                power = ((last[1] - ref[1]) / (last[0] - ref[0])
-                         if ref and last and last[0] > ref[0] else 0.0)
-                self.power_w[device] = power
-            message = (f"{device}: meter read failed ({reason}); bridging with its last "
-                       f"power {power:.1f} W x gap time (an estimate)")
-            self.flags.append(message)
-            self._on_failure(message)
-        last_t, last_e = self._last_good.get(device, (t_s, self._value.get(device, 0.0)))
-        gap_j = self.power_w.get(device, 0.0) * max(t_s - last_t, 0.0)
-        value = max(self._value.get(device, 0.0), last_e + gap_j)
-        self.bridged_j[device] = self.bridged_j.get(device, 0.0) + value - self._value.get(
-            device, 0.0)
-        self._value[device] = value
 
 
 @dataclass

@@ -92,7 +92,7 @@ def step_joules(reads: Sequence[tuple[float, float, int | None]],
         Joules of each step, in step order: the attributed cumulative value at the last
         step's end minus the first read (what is left to the final read is the tail).
     """
-    from depth.accounting.ledger import CounterInterpolator
+    from depth.accounting.attribution import CounterInterpolator
 
     t0, e0, _ = reads[0]
     interp = CounterInterpolator(t0, e0, max_lag_s)

@@ -41,7 +41,7 @@ def declare_provenance(p: ArgumentParser) -> None:
 
 def run_provenance(args: Namespace) -> int:
     """`depth provenance`: the energy record of a model, as a table or JSON."""
-    from depth.record.provenance import read_provenance
+    from depth.tracking.sources import read_provenance
 
     try:
         record = read_provenance(args.source, tracking_uri=args.tracking_uri, trust=args.trust)
@@ -105,7 +105,7 @@ def run_card(args: Namespace) -> int:
     from pathlib import Path
 
     from depth.record.card import card_yaml
-    from depth.record.provenance import read_provenance
+    from depth.tracking.sources import read_provenance
 
     try:
         text = card_yaml(read_provenance(args.source, tracking_uri=args.tracking_uri))

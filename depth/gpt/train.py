@@ -97,7 +97,7 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None,
     """
     from depth.gpt.data import GPTDataModule
     from depth.gpt.module import GPTModule
-    from depth.record.provenance import CHECKPOINT_KEY
+    from depth.record.digest import CHECKPOINT_KEY
 
     pl.seed_everything(recipe.train.seed, verbose=False)
     if recipe.train.torch_threads:

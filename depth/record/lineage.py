@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from depth.record.provenance import CHECKPOINT_KEY, record_sha256
+from depth.record.digest import CHECKPOINT_KEY, record_sha256
 
 ATTRIBUTE = "depth_parent"  # set on a module by `load_parent_weights`
 
@@ -45,16 +45,6 @@ def check_parent(record: Mapping[str, Any], source: str) -> dict[str, Any]:
             raise ValueError(f"parent {source}: a record in its lineage was edited after it "
                              "was written")
     return dict(record)
-
-
-def resolve_parent(parent: str | Path | Mapping[str, Any]) -> dict[str, Any]:
-    """A parent given as a record, a checkpoint path or an MLflow source, checked."""
-    from depth.record.provenance import read_provenance
-
-    if isinstance(parent, Mapping):
-        return check_parent(parent, "record")
-    record = read_provenance(parent).to_dict()
-    return check_parent(record, str(parent))
 
 
 def load_parent_weights(module: Any, path: str | Path, strict: bool = True) -> dict[str, Any]:

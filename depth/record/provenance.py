@@ -1,47 +1,22 @@
 """The energy provenance record embedded in every checkpoint at ``checkpoint["depth"]``.
 
-`Provenance` is JSON-serialisable and schema-versioned. `weights_sha256` digests the
-model's state_dict (names, dtypes, shapes and bytes, in name order) so that a record can
-be checked against the weights it describes.
+`Provenance` is JSON-serialisable and schema-versioned, sealed by its own digest and
+bound to its weights by theirs (`depth.record.digest`). Read here from checkpoint files;
+from MLflow sources by `depth.tracking.sources`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from depth.record.digest import CHECKPOINT_KEY, record_sha256
+
 SCHEMA = "depth.provenance/1"
-CHECKPOINT_KEY = "depth"
 ATTRIBUTION = ("time-interpolated counter updates (update placed at the midpoint between the "
                "reads around it; boundaries on the line between updates); closure exact")
-
-
-def weights_sha256(state_dict: Mapping[str, Any]) -> str:
-    """A deterministic digest of a state_dict: names, dtypes, shapes and raw bytes.
-
-    Tensors are hashed in name order, one at a time (streaming: no concatenated copy).
-    Non-tensor entries (rare: extra state) are hashed through their ``repr``.
-    """
-    import torch
-
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        value = state_dict[name]
-        digest.update(name.encode())
-        if isinstance(value, torch.Tensor):
-            tensor = value.detach()
-            digest.update(f"|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-            flat = tensor.reshape(-1).contiguous().cpu()
-            if flat.numel():
-                digest.update(flat.view(torch.uint8).numpy().data)
-        else:
-            digest.update(f"|{type(value).__name__}|{value!r}|".encode())
-    return digest.hexdigest()
 
 
 KNOWN_ERRORS = {
@@ -60,14 +35,6 @@ def known_error(method: str) -> str:
     """What limits the accuracy of each source in a (possibly combined, ``a+b``) method."""
     return "; ".join(f"{m}: {KNOWN_ERRORS.get(m, 'a third-party meter: its error is its own')}"
                      for m in method.split("+"))
-
-
-def record_sha256(record: Mapping[str, Any]) -> str:
-    """Digest of a record's canonical JSON (sorted keys), its own digest and its signature
-    (which signs this digest) left out."""
-    body = {k: v for k, v in record.items() if k not in ("record_sha256", "signature")}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass
@@ -189,86 +156,3 @@ def provenance_from_checkpoint(path: str | Path, trust: bool = False) -> Provena
     if CHECKPOINT_KEY not in checkpoint:
         raise ValueError(f"{path} carries no depth record (checkpoint['{CHECKPOINT_KEY}'])")
     return Provenance.from_dict(checkpoint[CHECKPOINT_KEY])
-
-
-def _logged_model_of(version: Any) -> str | None:
-    """The LoggedModel behind a registered version (some stores leave ``model_id`` empty
-    and keep it only in the version's ``source``, ``models:/m-<id>``)."""
-    if getattr(version, "model_id", None):
-        return version.model_id
-    source = str(getattr(version, "source", "") or "")
-    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
-
-
-def logged_model_id(client: Any, source: str) -> str:
-    """The LoggedModel behind ``m-<id>``, ``models:/m-<id>``, ``models:/NAME/VERSION``,
-    ``models:/NAME@ALIAS``, or ``runs:/<run_id>`` (the run's latest checkpoint's)."""
-    if source.startswith("runs:/"):
-        run_id = source.removeprefix("runs:/").split("/")[0]
-        experiment = client.get_run(run_id).info.experiment_id
-        models = [m for m in client.search_logged_models([experiment])
-                  if m.source_run_id == run_id and "depth.step" in m.tags]
-        if not models:
-            raise ValueError(f"{source}: the run has no checkpoint LoggedModel")
-        return max(models, key=lambda m: int(m.tags["depth.step"])).model_id
-    name = source.removeprefix("models:/")
-    if name.startswith("m-"):
-        model_id = name.split("/")[0]
-    elif "@" in name:
-        registered, alias = name.split("@", 1)
-        model_id = _logged_model_of(client.get_model_version_by_alias(registered, alias))
-    elif "/" in name:
-        registered, version = name.split("/", 1)
-        model_id = _logged_model_of(client.get_model_version(registered, version))
-    else:
-        raise ValueError(f"{source}: give a version (models:/NAME/VERSION) or an alias "
-                         "(models:/NAME@ALIAS)")
-    if not model_id:
-        raise ValueError(f"{source} is a model version without a LoggedModel behind it")
-    return model_id
-
-
-def read_provenance(source: str | Path, tracking_uri: str | None = None,
-                    trust: bool = False) -> Provenance:
-    """The depth record of a model, wherever it is.
-
-    Args:
-        source: A checkpoint file path; ``runs:/<run_id>`` (the run's latest record);
-            ``models:/<name>/<version>`` or ``models:/<name>@<alias>`` (a registered
-            version); ``m-<model_id>`` or ``models:/m-<model_id>`` (a LoggedModel).
-        tracking_uri: Where MLflow sources live (default: ``MLFLOW_TRACKING_URI`` or the
-            default store).
-        trust: Let a checkpoint file run the code it pickles (never for MLflow sources).
-
-    Raises:
-        OSError: A missing or unreadable file.
-        ValueError: No record there, or a source in none of the forms above (one line).
-    """
-    text = str(source)
-    if not (text.startswith(("runs:/", "models:/", "m-"))):
-        return provenance_from_checkpoint(text, trust)
-    from mlflow import MlflowClient
-    from mlflow.artifacts import download_artifacts
-    from mlflow.exceptions import MlflowException
-
-    from depth.tracking.publish import MODEL_ARTIFACT, RUN_ARTIFACT
-    from depth.tracking.store import default_tracking_uri
-
-    tracking_uri = tracking_uri or default_tracking_uri()
-    client = MlflowClient(tracking_uri)
-    try:
-        if text.startswith("runs:/"):
-            run_id = text.removeprefix("runs:/").split("/")[0]
-            uri = f"{client.get_run(run_id).info.artifact_uri}/{RUN_ARTIFACT}"
-        else:
-            model_id = logged_model_id(client, text)
-            uri = f"{client.get_logged_model(model_id).artifact_location}/{MODEL_ARTIFACT}"
-        with tempfile.TemporaryDirectory() as tmp:
-            path = download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri)
-            data = json.loads(Path(path).read_text())
-    except MlflowException as err:
-        message = " ".join(str(err.message if hasattr(err, "message") else err).split())
-        raise ValueError(f"{text}: {message[:200]}") from None
-    except OSError as err:
-        raise ValueError(f"{text}: no depth record there ({err.strerror or err})") from None
-    return Provenance.from_dict(data)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from depth.record.checkpoint_io import load_checkpoint
-from depth.record.provenance import CHECKPOINT_KEY, record_sha256, weights_sha256
+from depth.record.digest import CHECKPOINT_KEY, record_sha256, weights_sha256
 
 OK, MISMATCH, UNREADABLE = 0, 1, 2
 

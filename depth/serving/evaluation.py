@@ -169,7 +169,7 @@ def inference_j_per_token(source: str, tracking_uri: str | None = None) -> tuple
     if source.startswith(("runs:/", "models:/", "m-")):
         from mlflow import MlflowClient
 
-        from depth.record.provenance import logged_model_id
+        from depth.tracking.sources import logged_model_id
         from depth.tracking.store import default_tracking_uri
 
         client = MlflowClient(tracking_uri or default_tracking_uri())
@@ -186,8 +186,8 @@ def amortize_source(source: str, served_tokens: float | None, tokens_per_day: fl
                     tracking_uri: str | None = None, log: bool = True) -> dict[str, Any]:
     """`depth amortize`: the model's depth over a serving horizon; logs the break-even on
     its LoggedModel."""
-    from depth.serving.models import find_logged_model
-    from depth.record.provenance import read_provenance
+    from depth.tracking.sources import find_logged_model
+    from depth.tracking.sources import read_provenance
 
     record = read_provenance(source, tracking_uri=tracking_uri)
     where = "given with --joules-per-token"
@@ -206,7 +206,7 @@ def amortize_source(source: str, served_tokens: float | None, tokens_per_day: fl
         if source.startswith(("runs:/", "models:/", "m-")):
             from mlflow import MlflowClient
 
-            from depth.record.provenance import logged_model_id
+            from depth.tracking.sources import logged_model_id
 
             model_id = logged_model_id(MlflowClient(uri), source)
         elif record.record_sha256 and unreachable(uri) is None:

@@ -53,7 +53,7 @@ def _by_batch(model: Any) -> list[tuple[int, float]]:
 def collect(client: Any, tracking_uri: str, experiment_id: str, all_checkpoints: bool = False
             ) -> list[tuple[dict[str, Any], Any]]:
     """(row, LoggedModel) per model, by run name and step."""
-    from depth.record.provenance import read_provenance
+    from depth.tracking.sources import read_provenance
 
     models = [m for m in client.search_logged_models([experiment_id])
               if "depth.step" in m.tags]

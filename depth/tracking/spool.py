@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from depth.tracking.store import CheckpointEvents, redact  # stdlib-only at import
+from depth.tracking.store import redact  # stdlib-only at import
+from depth.tracking.writer_thread import CheckpointEvents
 
 SCHEMA = 1
 SUFFIX = ".jsonl"
@@ -268,7 +269,8 @@ def sync_spool(source: str | Path, tracking_uri: str | None = None,
     from mlflow.entities import Metric
 
     from depth.tracking.publish import publish_event
-    from depth.tracking.store import MAX_METRICS_PER_BATCH, unreachable
+    from depth.tracking.store import unreachable
+    from depth.tracking.writer_thread import MAX_METRICS_PER_BATCH
 
     report = SyncReport()
     for path in spool_files(source):

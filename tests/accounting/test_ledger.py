@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from depth.accounting.ledger import BridgingReader, CounterInterpolator, Ledger
+from depth.accounting.attribution import CounterInterpolator
+from depth.accounting.ledger import Ledger
+from depth.accounting.reader import BridgingReader
 from depth.meters import MeterReadError
 
 

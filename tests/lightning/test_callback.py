@@ -15,7 +15,8 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger
 
 from depth import DepthCallback, Provenance
-from depth.record.provenance import provenance_from_checkpoint, weights_sha256
+from depth.record.digest import weights_sha256
+from depth.record.provenance import provenance_from_checkpoint
 from tests.doubles.meters import ClockMeter
 from tests.support.lightning_models import TinyLM, loader, sqlite_mlflow_logger
 

@@ -12,7 +12,8 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 
 from depth import DepthCallback, read_provenance
-from depth.record.lineage import chain, load_parent_weights, resolve_parent
+from depth.record.lineage import chain, load_parent_weights
+from depth.tracking.sources import resolve_parent
 from tests.doubles.meters import ClockMeter
 from tests.support.lightning_models import TinyLM, loader
 

@@ -10,7 +10,8 @@ import torch
 from mlflow import MlflowClient
 
 from depth import DepthCallback
-from depth.record.provenance import Provenance, record_sha256
+from depth.record.digest import record_sha256
+from depth.record.provenance import Provenance
 from depth.tracking.store import redact
 from depth.record.verify import MISMATCH, OK, verify_checkpoint
 from tests.doubles.meters import ClockMeter

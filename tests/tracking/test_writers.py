@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 
-from depth.tracking.store import BufferedMetricWriter, MetricWriterProcess
+from depth.tracking.writer_process import MetricWriterProcess
+from depth.tracking.writer_thread import BufferedMetricWriter
 
 
 def steps_of(client, run_id, key):

@@ -1,0 +1,115 @@
+"""`CallbackOptions`: what `DepthCallback` takes, typed, documented and checked up front."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from depth.meters import METER_NAMES
+
+SYNC_MODES = ("none", "log", "step")
+MLFLOW_WRITERS = ("auto", "process", "thread")
+METER_PROTOCOL = ("method", "devices", "read", "close")
+
+
+@dataclass
+class CallbackOptions:
+    """The options of a `DepthCallback`, validated when it is made (not at the first step).
+
+    Attributes:
+        meter: ``"auto"`` (the best sources for the devices this rank uses), a name from
+            `depth.meters.METER_NAMES`, or any `EnergyMeter`.
+        log_every_n_steps: One point every this many optimizer steps (independent of
+            ``Trainer(log_every_n_steps)``). Between points, values are per-interval means.
+        tokens_per_batch: Tokens per batch: an int, a callable ``batch -> int``, or
+            ``None`` to infer them from an integer B x T token tensor in the batch (no
+            token metrics when there is none).
+        sync: CUDA synchronization before reading the meter: ``"none"`` (never stalls),
+            ``"log"`` (at log points and checkpoints), ``"step"`` (every optimizer step).
+        log_per_device: Log cumulative joules per device; default: when there are several.
+        sidecar: Keep the crash sidecar beside the checkpoints.
+        sidecar_interval_s: How often the sidecar is rewritten.
+        flush_interval_s: How often buffered MLflow points are sent.
+        max_lag_s: Step boundaries wait at most this long for a counter update.
+        mlflow_writer: Where MLflow points are written. ``"process"``: a separate, niced
+            writer process, so MLflow's ~0.2 ms of Python per metric row never competes for
+            the training process's GIL (best when CPU cores are idle, as when training on a
+            GPU). ``"thread"``: a daemon thread here (best when torch already uses every
+            core, as when training on the CPU). ``"auto"``: process when training on a GPU,
+            when there are more cores than torch threads, or for a tracking server (the
+            process notices an outage within a second), else thread.
+        tracking: Without an ``MLFlowLogger`` attached, open a run of our own on
+            ``MLFLOW_TRACKING_URI`` or the default store ``sqlite:///mlruns/mlflow.db``
+            (``False``: no MLflow unless a logger brings it).
+        experiment_name: The experiment of that own run.
+        parent: The model this one is fine-tuned or distilled from: a checkpoint path,
+            an MLflow source (``runs:/``, ``models:/``, ``m-``) or a record. Its record is
+            embedded (digest-checked) and its depth added to this model's. By default, a
+            parent whose weights were loaded with `depth.record.lineage.load_parent_weights`.
+        country_iso_code: Where the energy was drawn (ISO 3166 alpha-3, e.g. ``"FRA"``), for
+            the carbon estimate; CodeCarbon's world average when not given.
+        region: A region CodeCarbon knows within that country (e.g. ``"california"``).
+        pue: The facility's power usage effectiveness (>= 1), when known: the record then
+            also carries facility energy, and carbon is computed on it.
+        log_checkpoints: Also upload each checkpoint file that a ``ModelCheckpoint`` saves
+            to its LoggedModel (under ``checkpoint/``), off the training thread.
+        spool_dir: Where metrics and records that a tracking server cannot take now are
+            kept for ``depth sync`` (default: ``depth-spool/`` under the trainer's
+            ``default_root_dir``).
+        tracking_retry_s: How long a batch is retried, off the training thread, when a
+            store that was working starts refusing writes, before it goes to the spool.
+    """
+
+    meter: Any = "auto"
+    log_every_n_steps: int = 1
+    tokens_per_batch: int | Callable[[Any], int] | None = None
+    sync: str = "none"
+    log_per_device: bool | None = None
+    sidecar: bool = True
+    sidecar_interval_s: float = 1.0
+    flush_interval_s: float = 1.0
+    max_lag_s: float = 1.0
+    mlflow_writer: str = "auto"
+    tracking: bool = True
+    experiment_name: str = "depth"
+    parent: str | Path | Mapping[str, Any] | None = None
+    country_iso_code: str | None = None
+    region: str | None = None
+    pue: float | None = None
+    log_checkpoints: bool = False
+    spool_dir: str | Path | None = None
+    tracking_retry_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        meter = self.meter
+        if isinstance(meter, str):
+            if meter not in METER_NAMES:
+                raise ValueError(f"meter must be one of {', '.join(METER_NAMES)} or an "
+                                 f"EnergyMeter; got {meter!r}")
+        elif not all(hasattr(meter, a) for a in METER_PROTOCOL):
+            raise TypeError("meter must have method, devices(), read() and close() "
+                            f"(the EnergyMeter protocol); got {type(meter).__name__}")
+        n = self.log_every_n_steps
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"log_every_n_steps must be an int >= 1; got {n!r}")
+        if self.sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}; got {self.sync!r}")
+        tokens = self.tokens_per_batch
+        if tokens is not None and not callable(tokens) and (
+                isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+            raise ValueError("tokens_per_batch must be a positive int, a callable(batch) -> "
+                             f"int, or None; got {tokens!r}")
+        for name in ("sidecar_interval_s", "tracking_retry_s", "flush_interval_s", "max_lag_s"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0; got {value!r}")
+        if self.mlflow_writer not in MLFLOW_WRITERS:
+            raise ValueError(f"mlflow_writer must be one of {', '.join(MLFLOW_WRITERS)}; "
+                             f"got {self.mlflow_writer!r}")
+        if self.pue is not None and not self.pue >= 1.0:
+            raise ValueError(f"pue must be >= 1 (facility energy over IT energy); got {self.pue!r}")
+        self.tracking = bool(self.tracking)
+        self.log_checkpoints = bool(self.log_checkpoints)
+        self.spool_dir = Path(self.spool_dir) if self.spool_dir is not None else None

@@ -1,0 +1,257 @@
+"""`MetricWriterProcess`: the training process's side of the MLflow writer process.
+
+The other side is `depth.tracking.writer_child`; the in-process fallback, when that
+process dies, is `depth.tracking.writer_thread.BufferedMetricWriter`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from depth.tracking.store import redact
+from depth.tracking.writer_thread import BufferedMetricWriter, CheckpointEvents
+
+URI_ENV = "DEPTH_WRITER_TRACKING_URI"  # how the writer process gets its tracking URI
+
+
+class MetricWriterProcess(CheckpointEvents):
+    """Sends metric points to a ``depth.tracking.writer_child`` process, which writes to MLflow.
+
+    The training process only appends tuples to a list; a sender thread ships them once
+    per `interval_s` as a JSON line (a few hundred microseconds of work per second). Each
+    batch is kept until the writer acknowledges it; if the writer dies, unacknowledged
+    and queued points go to an in-process `BufferedMetricWriter`, so none are lost.
+
+    When the store refuses a batch (its server is down: the writer process fails fast, see
+    `depth.tracking.writer_child`), the batch goes to the `spool`, and at `close` whatever is still
+    unacknowledged goes there too, after at most 2 s of waiting once an outage is known.
+
+    Args:
+        tracking_uri: The MLflow tracking URI of the run.
+        run_id: The run to write to.
+        interval_s: How often queued points are shipped.
+        spool: A `depth.tracking.spool.Spool` for what cannot be stored; without one, refused
+            batches are reported at `close` as lost.
+        retry_s: How long the writer retries a batch while the store had been working,
+            before it is refused (then spooled).
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, interval_s: float = 1.0,
+                 spool: Any = None, retry_s: float = 30.0):
+        import subprocess
+        import sys
+
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.interval_s = interval_s
+        self.spool = spool
+        self._down = False  # the last reply was a refusal; no acknowledgement since
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._queue: list[list[Any]] = []
+        self._checkpoints: list[dict[str, Any]] = []
+        self._unacked: dict[int, tuple[list[list[Any]], list[dict[str, Any]]]] = {}
+        self._seq = 0
+        self._failed: list[list[Any]] = []
+        self._failed_checkpoints: list[dict[str, Any]] = []
+        self.models: list[tuple[int, str]] = []  # (step, LoggedModel id) per checkpoint
+        self._fallback: BufferedMetricWriter | None = None
+        self.error: str | None = None
+        self.sent = 0
+        self._closing = False
+        self._abandoned = False
+        self._wake = threading.Event()
+        self._proc = subprocess.Popen(
+            # The URI goes through the environment, not argv: other users can read a
+            # process's arguments (ps), and a URI may carry credentials.
+            [sys.executable, "-m", "depth.tracking.writer_child", "-", run_id, str(retry_s)],
+            env={**os.environ, URI_ENV: tracking_uri},
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, bufsize=1)
+        self._reader = threading.Thread(target=self._read_replies, name="depth-mlflow-acks",
+                                        daemon=True)
+        self._sender = threading.Thread(target=self._send_loop, name="depth-mlflow-send",
+                                        daemon=True)
+        self._reader.start()
+        self._sender.start()
+
+    def log(self, metrics: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> None:
+        """Queues one point per metric; returns at once."""
+        ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+        with self._lock:
+            self._queue.extend([key, float(value), ts, int(step)] for key, value in metrics.items())
+
+    def publish_events(self, events: Iterable[Mapping[str, Any]]) -> None:
+        with self._lock:
+            self._checkpoints.extend(dict(e) for e in events)
+        self._wake.set()
+
+    # ------------------------------------------------------------------ threads
+
+    def _send_loop(self) -> None:
+        while not self._closing:
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            self._ship()
+
+    def _ship(self) -> None:
+        with self._lock:
+            if not self._queue and not self._checkpoints:
+                return
+            batch, self._queue = self._queue, []
+            checkpoints, self._checkpoints = self._checkpoints, []
+            if self._fallback is not None:
+                self._fallback_log(batch, checkpoints)
+                return
+            self._seq += 1
+            seq = self._seq
+            self._unacked[seq] = (batch, checkpoints)
+        try:
+            assert self._proc.stdin is not None
+            self._proc.stdin.write(json.dumps({"seq": seq, "points": batch,
+                                               "checkpoints": checkpoints}) + "\n")
+            self._proc.stdin.flush()
+        except (OSError, ValueError):  # the writer is gone: its reader thread falls back
+            pass
+
+    def _read_replies(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                continue
+            refused: tuple[list[Any], list[Any]] = ([], [])
+            with self._cond:
+                if "ack" in reply:
+                    points, _ = self._unacked.pop(reply["ack"], ([], []))
+                    self.sent += len(points)
+                    self.models.extend((int(s), m) for s, m in reply.get("models", []))
+                    self._down = False
+                elif "failed" in reply:
+                    points, checkpoints = self._unacked.pop(reply["failed"], ([], []))
+                    if self.spool is not None:
+                        refused = (points, checkpoints)  # spooled below, not under the lock
+                    else:
+                        self._failed.extend(points)
+                        self._failed_checkpoints.extend(checkpoints)
+                    self._down = True
+                elif "error" in reply:
+                    self._down = True
+                    if self.error is None:
+                        self.error = reply["error"]
+                        where = (f"what it refuses is spooled to {self.spool.directory}; "
+                                 f"replay with `depth sync {self.spool.directory}`"
+                                 if self.spool is not None else "retrying")
+                        warnings.warn(f"depth: MLflow at {redact(self.tracking_uri)} refused "
+                                      f"writes ({self.error}); {where}", stacklevel=2)
+                elif "warning" in reply:
+                    warnings.warn(f"depth: {reply['warning']}", stacklevel=2)
+                self._cond.notify_all()
+            if refused[0] or refused[1]:
+                self.spool.add_points(refused[0])
+                self.spool.add_checkpoints(refused[1])
+        # End of output: the writer exited. Anything not acknowledged is written here.
+        with self._cond:
+            if self._abandoned:
+                return  # `close` spools what is unacknowledged
+            if not self._closing and self.error is None:
+                self.error = "metric writer process exited"
+            if self._unacked or self._queue or self._checkpoints or not self._closing:
+                self._start_fallback()
+            self._cond.notify_all()
+
+    def _start_fallback(self) -> None:
+        """Called with the lock held: route everything through an in-process writer."""
+        if self._fallback is None:
+            from mlflow import MlflowClient
+
+            self._fallback = BufferedMetricWriter(MlflowClient(self.tracking_uri), self.run_id,
+                                                  self.interval_s, spool=self.spool)
+        points = [p for seq in sorted(self._unacked) for p in self._unacked[seq][0]]
+        checkpoints = [c for seq in sorted(self._unacked) for c in self._unacked[seq][1]]
+        self._fallback_log(points + self._queue, checkpoints + self._checkpoints)
+        self._unacked.clear()
+        self._queue, self._checkpoints = [], []
+
+    def _fallback_log(self, points: list[list[Any]], checkpoints: list[dict[str, Any]]) -> None:
+        assert self._fallback is not None
+        self._fallback.log_points(points)
+        self._fallback.publish_events(checkpoints)
+
+    # ------------------------------------------------------------------ control
+
+    def flush(self, wait: bool = False, timeout_s: float = 60.0) -> bool:
+        """Ships what is queued; with `wait`, returns once all of it is stored (or timeout;
+        2 s while the store refuses writes)."""
+        self._ship()
+        if self._fallback is not None:
+            self._fallback.flush(wait=False)
+        if not wait:
+            return True
+        deadline = time.monotonic() + (2.0 if self._down else timeout_s)
+        with self._cond:
+            while self._unacked and self._fallback is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.5))
+        if self._fallback is not None:
+            return self._fallback.flush(wait=True, timeout_s=max(0.0, deadline - time.monotonic()))
+        return not self._unacked
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            fallback = self._fallback.pending if self._fallback is not None else 0
+            return (len(self._queue) + len(self._checkpoints) + len(self._failed)
+                    + sum(len(p) + len(c) for p, c in self._unacked.values()) + fallback)
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Writes everything (waiting up to `timeout_s`), then lets the writer process go.
+
+        Once every batch is acknowledged nothing is left to wait for: the process exits
+        on end of input by itself, and its interpreter shutdown (~1-2 s with SQLAlchemy)
+        is not the trainer's to wait for.
+        """
+        stored = self.flush(wait=True, timeout_s=timeout_s)
+        self._closing = True
+        self._wake.set()
+        if not stored and self.spool is not None and self._fallback is None:
+            self._abandoned = True
+            self._proc.kill()  # it is retrying a store that refuses: spool the rest instead
+            self._proc.wait()
+            self._reader.join(timeout=5)
+            with self._lock:
+                unacked = [self._unacked.pop(seq) for seq in sorted(self._unacked)]
+            for points, checkpoints in unacked:
+                self.spool.add_points(points)
+                self.spool.add_checkpoints(checkpoints)
+            return
+        try:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        if not stored or self._fallback is not None:
+            try:
+                self._proc.wait(timeout=timeout_s)
+            except Exception:
+                self._proc.kill()
+            self._reader.join(timeout=5)
+        if self._fallback is not None:
+            self._fallback.close()
+            self.models.extend(self._fallback.models)
+        if self._failed_checkpoints:
+            warnings.warn(f"depth: {len(self._failed_checkpoints)} checkpoint records could not "
+                          f"be published to {redact(self.tracking_uri)} ({self.error})",
+                          stacklevel=2)
+        if self._failed:
+            warnings.warn(f"depth: {len(self._failed)} metric points could not be written to "
+                          f"{redact(self.tracking_uri)} ({self.error})", stacklevel=2)
