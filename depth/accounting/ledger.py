@@ -56,7 +56,7 @@ class Segment:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-@dataclass
+@dataclass(slots=True)
 class Point:
     """One logged optimizer step.
 
@@ -109,6 +109,8 @@ class Ledger:
         self.max_lag_s = max_lag_s
         self._open: dict[str, Any] | None = None
         self._ready: list[Point] = []
+        self._queued: list[tuple[int, Sequence[tuple[float, Mapping[str, float]]], int | None,
+                                 bool]] = []
 
     # ----------------------------------------------------------------- totals
 
@@ -146,17 +148,15 @@ class Ledger:
                 interps[device] = CounterInterpolator(t_s, energy_j, self.max_lag_s)
                 self.history_devices.setdefault(device, 0.0)
         self._open = {
+            "history_j": self.history_j,  # constant while the segment is open
             "start_step": step, "start": start, "interps": interps, "t0": t_first,
             "wall0": time.time(), "started": started or utc_now(), "method": method,
             "hardware": dict(hardware or {}), "sync": sync, "tokens": 0,
-            "last_point": (step, t_first, self._cumulative_at(start, start)),
+            "last_point": (step, t_first, self.history_j),
             "boundaries": {}, "done": {}, "flags": [], "last_step": step,
             "last_reading": dict(start),
         }
         self.optimizer_steps = step
-
-    def _cumulative_at(self, values: Mapping[str, float], start: Mapping[str, float]) -> float:
-        return self.history_j + math.fsum(values[d] - start[d] for d in values)
 
     def step(self, step: int, observations: Sequence[tuple[float, Mapping[str, float]]],
              tokens: int | None, log: bool = True) -> None:
@@ -169,7 +169,13 @@ class Ledger:
             tokens: Training tokens processed since the previous call (all ranks), or None.
             log: Whether this boundary becomes a point (else it only refines attribution).
         """
-        seg = self._require_open()
+        self._record(self._require_open(), step, observations, tokens, log)
+        self._emit_ready()
+
+    def _record(self, seg: dict[str, Any], step: int,
+                observations: Sequence[tuple[float, Mapping[str, float]]],
+                tokens: int | None, log: bool) -> None:
+        """`step` without making points (those are made once for a batch of steps)."""
         self.optimizer_steps = step
         seg["last_step"] = step
         if tokens is None:
@@ -179,31 +185,47 @@ class Ledger:
             seg["tokens"] += tokens
             seg["pending_tokens"] = seg.get("pending_tokens", 0) + tokens
         key = step if log else None
+        done, interps, last_reading = seg["done"], seg["interps"], seg["last_reading"]
         if log:
             seg["boundaries"][step] = (observations[0][0], seg.pop("pending_tokens", 0))
-            seg["done"][step] = {}
+            done[step] = {}
         for t_s, reading in observations:
             for device, energy_j in reading.items():
-                interp = seg["interps"].get(device)
+                interp = interps.get(device)
                 if interp is None:
                     continue
-                seg["last_reading"][device] = energy_j
+                last_reading[device] = energy_j
                 for k, value in interp.observe(t_s, energy_j, key).items():
-                    seg["done"][k][device] = value
-        self._emit_ready()
+                    done[k][device] = value
+
+    def queue(self, step: int, observations: Sequence[tuple[float, Mapping[str, float]]],
+              tokens: int | None, log: bool = True) -> None:
+        """`step`, later: the boundary is kept as given and recorded, in order, before the
+        ledger next answers (`pop_points`, `state_dict`, `end`). A training loop's hook then
+        costs an append; the attribution is the same as with `step` at once."""
+        self._queued.append((step, observations, tokens, log))
+
+    def _catch_up(self) -> None:
+        queued, self._queued = self._queued, []
+        if queued:
+            seg = self._require_open()
+            for step, observations, tokens, log in queued:
+                self._record(seg, step, observations, tokens, log)
+            self._emit_ready()
 
     def _emit_ready(self, force: bool = False) -> None:
         seg = self._require_open()
         n_devices = len(seg["interps"])
-        for step in sorted(seg["done"]):
-            values = seg["done"][step]
+        done, start, history = seg["done"], seg["start"], self.history_devices
+        for step in list(done):  # logged steps, inserted in increasing order
+            values = done[step]
             if len(values) < n_devices and not force:
                 break
             t_s, tokens = seg["boundaries"].pop(step)
-            del seg["done"][step]
+            del done[step]
             prev_step, prev_t, prev_j = seg["last_point"]
-            joules = self._cumulative_at(values, seg["start"])
-            devices = {d: self.history_devices[d] + values[d] - seg["start"][d] for d in values}
+            joules = seg["history_j"] + math.fsum(values[d] - start[d] for d in values)
+            devices = {d: history[d] + values[d] - start[d] for d in values}
             self._ready.append(Point(step, joules, joules - prev_j, step - prev_step,
                                      t_s - prev_t, tokens if self.tokens_known else None,
                                      devices))
@@ -211,6 +233,8 @@ class Ledger:
 
     def pop_points(self) -> list[Point]:
         """Points that became final since the last call, in step order."""
+        if self._queued:
+            self._catch_up()
         points, self._ready = self._ready, []
         return points
 
@@ -232,6 +256,7 @@ class Ledger:
     def end(self, observations: Sequence[tuple[float, Mapping[str, float]]],
             flags: Sequence[str] = ()) -> Segment:
         """Closes the open segment: pending boundaries become final, totals are exact."""
+        self._catch_up()
         seg = self._require_open()
         final: dict[str, float] = dict(seg["last_reading"])
         for t_s, reading in observations:
@@ -295,6 +320,7 @@ class Ledger:
         the record's last fit segment, so the checkpoint's `train_joules` covers everything
         spent up to the save.
         """
+        self._catch_up()
         segments = [s.to_dict() for s in self.segments]
         devices = dict(self.history_devices)
         seg = self._open

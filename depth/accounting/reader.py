@@ -51,7 +51,7 @@ class BridgingReader:
         with self._lock:
             failed: dict[str, str] = {}
             try:
-                raw = dict(self._read())
+                raw = self._read()  # only read here: no copy
             except MeterReadError as err:
                 raw = dict(err.partial)
                 failed = {d: err.reason for d in self.devices if d not in raw}
@@ -59,23 +59,28 @@ class BridgingReader:
                 raw = {}
                 failed = {d: f"{type(err).__name__}: {err}" for d in self.devices}
             t_s = self._clock()
+            good = self._good
             for device in self.devices:
-                if device in raw and device not in failed:
-                    self._good(device, t_s, float(raw[device]))
+                if device in raw:  # the failed devices are exactly those missing from raw
+                    good(device, t_s, float(raw[device]))
                 else:
                     self._bridge(device, t_s, failed.get(device, "no reading"))
             return t_s, dict(self._value)
 
     def _good(self, device: str, t_s: float, energy_j: float) -> None:
-        if device in self.failing:
+        # Called for every device at every step: kept to a few dict operations.
+        if self.failing and device in self.failing:
             self.flags.append(f"{device}: answered again after "
                               f"{self.bridged_j.get(device, 0.0):.3f} J were bridged")
             del self.failing[device]
-        value = max(energy_j, self._value.get(device, energy_j))
+        previous = self._value.get(device)
+        value = previous if previous is not None and previous > energy_j else energy_j  # max
         self._value[device] = value
         self._last_good[device] = (t_s, value)
-        ref = self._ref.setdefault(device, (t_s, value))
-        if t_s - ref[0] >= self._window_s:
+        ref = self._ref.get(device)
+        if ref is None:
+            self._ref[device] = (t_s, value)
+        elif t_s - ref[0] >= self._window_s:
             self.power_w[device] = (value - ref[1]) / (t_s - ref[0])
             self._ref[device] = (t_s, value)
 

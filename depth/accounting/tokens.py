@@ -9,7 +9,7 @@ TOKEN_KEYS = ("input_ids", "tokens", "idx", "x")
 
 
 def _token_tensor(value: Any) -> bool:
-    import torch
+    import torch  # cheap after the first call; keeps this module importable without torch
 
     return (isinstance(value, torch.Tensor) and value.dim() == 2
             and not value.is_floating_point() and not value.is_complex()

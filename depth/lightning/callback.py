@@ -1,10 +1,13 @@
 """`DepthCallback`: cumulative joules per optimizer step, embedded in every checkpoint.
 
-Lightning's hooks, each a few lines over the stages: the meter is read through
-`depth.lightning.ranks`, the joules are accounted by `depth.accounting.ledger`, points go
-to `depth.lightning.sinks`, records are built and sealed by `depth.record`, and the crash
-sidecar is `depth.lightning.sidecar`. An optimizer step has ended when ``global_step``
-advanced (correct under gradient accumulation and manual optimization).
+Lightning's hooks, each a few lines over the stages: meters are read through
+`lightning.ranks`, joules accounted by `accounting.ledger`, points sent by `lightning.sinks`,
+records sealed by `record`, the crash sidecar kept by `lightning.sidecar`. An optimizer
+step has ended when ``global_step`` advanced (right under gradient accumulation and manual
+optimization).
+
+The per-step hook reads the meter and queues the reading (`Ledger.queue`); points are
+taken once per ``flush_interval_s``, at checkpoints, at the end, for the progress bar.
 """
 
 from __future__ import annotations
@@ -42,11 +45,9 @@ class DepthCallback(Callback):
     """Logs cumulative joules at every optimizer step and embeds provenance in checkpoints.
 
     Args:
-        meter: ``"auto"`` (the best sources for the devices this rank uses), a name from
-            `depth.meters.METER_NAMES`, or any `EnergyMeter`.
-        **options: The rest of `depth.lightning.options.CallbackOptions`, each documented
-            there: ``log_every_n_steps``, ``tokens_per_batch``, ``sync``, ``tracking``,
-            ``experiment_name``, ``parent``, ``log_checkpoints``, ``pue``, ...
+        meter: ``"auto"``, a name from `depth.meters.METER_NAMES`, or any `EnergyMeter`.
+        log_every_n_steps, tokens_per_batch, sync, tracking, parent, ...: The fields of
+            `depth.lightning.options.CallbackOptions`, each documented there.
 
     Metrics: ``energy/joules`` (whole history), ``energy/step_joules``, ``energy/watts``,
     ``energy/joules_per_token`` (when tokens are known), ``energy/joules/<device>``.
@@ -86,23 +87,21 @@ class DepthCallback(Callback):
         self.files = CheckpointFiles()
         self.fit_progress = FitProgress()
         self.meter: EnergyMeter | None = None
-        self.ranks: Ranks | None = None
-        self.parent: dict[str, Any] | None = None
         self._owns_meter = False
+        self.ranks: Ranks | None = None
+        self._trainer: pl.Trainer | None = None
+        self.parent: dict[str, Any] | None = None
         self._baseline: list[Observation] = []
         self._sidecar: CrashSidecar | None = None
-        self._intensity: dict[str, Any] | None = None
-        self._parameters: int | None = None
-        self._config_sha256: str | None = None
+        self._intensity: dict[str, Any] | None = None  # the grid's, looked up once
+        self._parameters, self._config_sha256 = None, None  # set at setup
         self._loaded: dict[str, Any] | None = None  # saved_unix and saved_at of a resume
         self._last_state: dict[str, Any] | None = None
         self._pending_tokens: int | None = 0
-        self._last_step = 0
-        self._failed = False
+        self._last_step, self._failed = 0, False
+        self._emitted_s = 0.0  # monotonic time points were last taken from the ledger
 
-    @property
-    def state_key(self) -> str:
-        return "DepthCallback"
+    state_key = property(lambda self: "DepthCallback")  # subclasses resume the same state
 
     @property
     def own_run(self) -> tuple[str, str] | None:
@@ -119,6 +118,7 @@ class DepthCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self._trainer = trainer
         self._parameters = sum(p.numel() for p in pl_module.parameters())
         self._config_sha256 = config_sha256(trainer, pl_module)
         if self._intensity is None:
@@ -142,6 +142,7 @@ class DepthCallback(Callback):
         self.ledger.begin(trainer.global_step, self._baseline, ranks.method, ranks.hardware,
                           self.options.sync)
         self._last_step, self._pending_tokens = trainer.global_step, 0
+        self._emitted_s = time.monotonic()
         self.fit_progress = FitProgress()
         if trainer.is_global_zero:
             self.sinks.open(trainer)
@@ -159,24 +160,26 @@ class DepthCallback(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.ranks is None or not self.ledger.is_open:
+        ranks, ledger, options = self.ranks, self.ledger, self.options  # hot: locals
+        if ranks is None or not ledger.is_open:
             return
-        tokens = self._count_tokens(batch)
-        pending = self._pending_tokens
-        self._pending_tokens = None if tokens is None or pending is None else pending + tokens
+        if ledger.tokens_known:  # once unknown, the fit has no token metrics
+            tokens, pending = self._count_tokens(batch), self._pending_tokens
+            self._pending_tokens = None if tokens is None or pending is None else pending + tokens
         step = trainer.global_step
         if step == self._last_step:
             return  # a gradient-accumulation micro-batch: no optimizer step yet
         self._last_step = step
-        log = step % self.options.log_every_n_steps == 0
-        if self.ranks.world > 1 and not log:
+        log = step % options.log_every_n_steps == 0
+        if ranks.world > 1 and not log:
             return  # ranks are combined only at log points; tokens keep accumulating
-        if self.options.sync == "step" or (self.options.sync == "log" and log):
-            self.ranks.synchronize()
-        observations, tokens = self.ranks.observe(self._pending_tokens)
+        if options.sync != "none" and (options.sync == "step" or log):
+            ranks.synchronize()
+        observations, tokens = ranks.observe(self._pending_tokens)
         self._pending_tokens = 0
-        self.ledger.step(step, observations, tokens, log=log)
-        self._emit(trainer)
+        ledger.queue(step, observations, tokens, log=log)
+        if observations[0][0] - self._emitted_s >= options.flush_interval_s:
+            self._emit(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.files.awaiting:
@@ -194,6 +197,7 @@ class DepthCallback(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                      exception: BaseException) -> None:
         self._failed = True
+        self._emit(trainer)
         self.sinks.flush(wait=True)
         self._stop_sidecar(final_write=True)
 
@@ -209,6 +213,8 @@ class DepthCallback(Callback):
 
     def progress(self) -> dict[str, float]:
         """The latest energy figures for a progress bar (`FitProgress.figures`)."""
+        if self._trainer is not None:
+            self._emit(self._trainer)
         return self.fit_progress.figures()
 
     # ------------------------------------------------------------------ checkpoints
@@ -260,14 +266,12 @@ class DepthCallback(Callback):
 
     def _emit(self, trainer: pl.Trainer) -> None:
         points = self.ledger.pop_points()
+        self._emitted_s = time.monotonic()
         if not points:
             return
         self.fit_progress.add(points)
         if trainer.is_global_zero and self.sinks:
-            per_device = self.options.log_per_device
-            if per_device is None:
-                per_device = self.ranks is not None and len(self.ranks.methods) > 1
-            self.sinks.log(points, per_device)
+            self.sinks.log(points, devices=len(self.ranks.methods) if self.ranks else 0)
 
     def _final_observations(self) -> list[Observation]:
         """Every rank's reading now, CUDA synchronized unless ``sync="none"``."""

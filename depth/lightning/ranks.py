@@ -124,8 +124,10 @@ class Ranks:
                 collective: bool = True) -> tuple[list[Observation], int | None]:
         """This rank's reading; with several ranks and `collective`, every rank's (and the
         sum of their tokens) through one all_gather of a small float64 tensor."""
+        if self.world == 1:  # the common case, at every step: no relabelling, no collective
+            return [self.reader.read()], tokens
         t_s, values = self.read_local()
-        if self.world == 1 or not collective:
+        if not collective:
             return [(t_s, values)], tokens
         width = 2 + max(len(labels) for labels in self.rank_labels)
         row = [t_s, math.nan if tokens is None else float(tokens),

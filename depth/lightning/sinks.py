@@ -147,7 +147,12 @@ class Sinks:
                                                   options.flush_interval_s, spool))
         self._sinks = sinks
 
-    def log(self, points: Sequence[Point], per_device: bool) -> None:
+    def log(self, points: Sequence[Point], devices: int) -> None:
+        """Each point's metrics to every sink; per device too when there are several
+        `devices` (unless ``log_per_device`` says otherwise)."""
+        per_device = self.options.log_per_device
+        if per_device is None:
+            per_device = devices > 1
         for point in points:
             metrics = point_metrics(point, per_device)
             for sink in self._sinks:
