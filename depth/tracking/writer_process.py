@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 import warnings
@@ -45,7 +46,6 @@ class MetricWriterProcess(CheckpointEvents):
     def __init__(self, tracking_uri: str, run_id: str, interval_s: float = 1.0,
                  spool: Any = None, retry_s: float = 30.0):
         import subprocess
-        import sys
 
         self.tracking_uri = tracking_uri
         self.run_id = run_id
@@ -66,6 +66,8 @@ class MetricWriterProcess(CheckpointEvents):
         self.sent = 0
         self._closing = False
         self._abandoned = False
+        self.ready = False  # the process has imported MLflow and opened its client
+        self.replaced = False  # closed before it was ready: written in this process instead
         self._wake = threading.Event()
         self._proc = subprocess.Popen(
             # The URI goes through the environment, not argv: other users can read a
@@ -129,7 +131,9 @@ class MetricWriterProcess(CheckpointEvents):
                 continue
             refused: tuple[list[Any], list[Any]] = ([], [])
             with self._cond:
-                if "ack" in reply:
+                if "ready" in reply:
+                    self.ready = True
+                elif "ack" in reply:
                     points, _ = self._unacked.pop(reply["ack"], ([], []))
                     self.sent += len(points)
                     self.models.extend((int(s), m) for s, m in reply.get("models", []))
@@ -161,7 +165,7 @@ class MetricWriterProcess(CheckpointEvents):
         with self._cond:
             if self._abandoned:
                 return  # `close` spools what is unacknowledged
-            if not self._closing and self.error is None:
+            if not self._closing and not self.replaced and self.error is None:
                 self.error = "metric writer process exited"
             if self._unacked or self._queue or self._checkpoints or not self._closing:
                 self._start_fallback()
@@ -189,7 +193,12 @@ class MetricWriterProcess(CheckpointEvents):
 
     def flush(self, wait: bool = False, timeout_s: float = 60.0) -> bool:
         """Ships what is queued; with `wait`, returns once all of it is stored (or timeout;
-        2 s while the store refuses writes)."""
+        2 s while the store refuses writes). Waiting on a process that is not ready yet
+        (still importing MLflow) replaces it by a writer here, for local stores."""
+        local = not self.tracking_uri.startswith(("http://", "https://"))  # no retry stalls
+        if wait and local and not self.ready and self._fallback is None \
+                and self._proc.poll() is None and "mlflow" in sys.modules:
+            self._replace_with_fallback()
         self._ship()
         if self._fallback is not None:
             self._fallback.flush(wait=False)
@@ -212,6 +221,17 @@ class MetricWriterProcess(CheckpointEvents):
             fallback = self._fallback.pending if self._fallback is not None else 0
             return (len(self._queue) + len(self._checkpoints) + len(self._failed)
                     + sum(len(p) + len(c) for p, c in self._unacked.values()) + fallback)
+
+    def _replace_with_fallback(self) -> None:
+        """Closing before the process is ready (a short fit: it is still importing MLflow,
+        ~2 s): stop it and write what is queued from this process, where MLflow is already
+        imported, rather than wait. Nothing was written by it yet, so nothing twice. Only
+        for local stores: a tracking server keeps the process, which fails fast."""
+        self.replaced = True
+        self._ship()
+        self._proc.kill()
+        self._proc.wait()
+        self._reader.join(timeout=5)  # it sees the end of output and starts the fallback
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Writes everything (waiting up to `timeout_s`), then lets the writer process go.

@@ -13,9 +13,18 @@ def steps_of(client, run_id, key):
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
+def ready(writer, timeout_s=120.0):
+    """Waits until the writer process has imported MLflow (else a wait replaces it)."""
+    deadline = time.monotonic() + timeout_s
+    while not writer.ready and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert writer.ready
+    return writer
+
+
 def test_process_writer_stores_every_point_once(sqlite_run):
     uri, client, run_id = sqlite_run
-    writer = MetricWriterProcess(uri, run_id, interval_s=0.1)
+    writer = ready(MetricWriterProcess(uri, run_id, interval_s=0.1))
     for step in range(1, 1201):  # more than one log_batch of 1000 metrics
         writer.log({"energy/joules": step * 2.0, "energy/watts": 5.0}, step)
     assert writer.flush(wait=True, timeout_s=120)
@@ -27,7 +36,7 @@ def test_process_writer_stores_every_point_once(sqlite_run):
 
 def test_writer_process_death_loses_nothing(sqlite_run):
     uri, client, run_id = sqlite_run
-    writer = MetricWriterProcess(uri, run_id, interval_s=0.1)
+    writer = ready(MetricWriterProcess(uri, run_id, interval_s=0.1))
     for step in range(1, 101):
         writer.log({"energy/joules": float(step)}, step)
     writer.flush(wait=True, timeout_s=120)
@@ -44,6 +53,30 @@ def test_writer_process_death_loses_nothing(sqlite_run):
     assert [step for step, _ in writer.models] == [200]  # the record went through too
     model = client.get_logged_model(writer.models[0][1])
     assert model.tags["depth.train_joules"] == "200"
+
+
+def test_closing_before_the_writer_is_ready_writes_here_without_waiting(sqlite_run):
+    uri, client, run_id = sqlite_run
+    writer = MetricWriterProcess(uri, run_id, interval_s=0.1)
+    for step in range(1, 6):  # a short fit: done while the process still imports MLflow
+        writer.log({"energy/joules": float(step)}, step)
+    writer.publish_checkpoint({"train_joules": 5.0, "optimizer_steps": 5}, 5)
+    writer.close()
+    assert writer.replaced and not writer.ready and writer.error is None
+    assert writer._proc.poll() is not None  # the process is gone, not left running
+    assert steps_of(client, run_id, "energy/joules") == [1, 2, 3, 4, 5]
+    assert [step for step, _ in writer.models] == [5]
+    assert len(client.search_logged_models([client.get_run(run_id).info.experiment_id])) == 1
+
+
+def test_a_ready_writer_is_not_replaced(sqlite_run):
+    uri, client, run_id = sqlite_run
+    writer = ready(MetricWriterProcess(uri, run_id, interval_s=0.1))
+    writer.log({"energy/joules": 1.0}, 1)
+    assert writer.flush(wait=True, timeout_s=120)
+    writer.close()
+    assert writer.ready and not writer.replaced
+    assert steps_of(client, run_id, "energy/joules") == [1]
 
 
 def test_thread_writer_stores_every_point_once(sqlite_run):
