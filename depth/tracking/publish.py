@@ -94,10 +94,11 @@ def publish_checkpoint_file(client: Any, run_id: str, path: str, digest: str) ->
     model_id = find_model(client, [run.info.experiment_id], digest)
     if model_id is None:
         return f"no LoggedModel with depth.record_sha256={digest} for {path}"
-    if not Path(path).is_file():
+    try:  # ModelCheckpoint(save_top_k=...) may remove it at any moment, even mid-upload
+        client.log_model_artifact(model_id, str(path), artifact_path="checkpoint")
+    except FileNotFoundError:
         client.set_logged_model_tags(model_id, {"depth.checkpoint_file": "missing at upload"})
         return f"checkpoint file {path} was gone before it could be uploaded"
-    client.log_model_artifact(model_id, str(path), artifact_path="checkpoint")
     client.set_logged_model_tags(model_id, {"depth.checkpoint_file": Path(path).name})
     return None
 

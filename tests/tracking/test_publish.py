@@ -189,3 +189,15 @@ def test_without_log_checkpoints_no_file_is_uploaded(tmp_path):
     assert "depth.checkpoint_file" not in model.tags
     assert [a.path for a in MlflowClient(uri).list_logged_model_artifacts(model_id)] == [
         MODEL_ARTIFACT]
+
+
+def test_a_checkpoint_file_removed_before_its_upload_is_tagged_not_raised(sqlite_run, tmp_path):
+    from depth.tracking.publish import publish_checkpoint, publish_checkpoint_file
+
+    uri, client, run_id = sqlite_run
+    record = {"train_joules": 1.0, "optimizer_steps": 1, "record_sha256": "ab" * 32}
+    model_id = publish_checkpoint(client, run_id, record, step=1)
+    gone = tmp_path / "step=1.ckpt"  # ModelCheckpoint(save_top_k=1) deleted it already
+    reason = publish_checkpoint_file(client, run_id, str(gone), record["record_sha256"])
+    assert reason == f"checkpoint file {gone} was gone before it could be uploaded"
+    assert client.get_logged_model(model_id).tags["depth.checkpoint_file"] == "missing at upload"
