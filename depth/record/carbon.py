@@ -7,16 +7,19 @@ label says that too.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 WORLD = "WORLD"
 
 
+@functools.lru_cache(maxsize=32)  # a process's fits ask for the same place: one lookup
 def grid_intensity(country_iso_code: str | None = None,
                    region: str | None = None) -> dict[str, Any]:
     """g CO2eq per kWh of a country (ISO 3166 alpha-3) or a region CodeCarbon knows (e.g.
     ``USA``/``california``); CodeCarbon's world average when neither is known. Looked up
-    once per fit (~0.5 s): `carbon_for` then only multiplies."""
+    once per process and place (~0.5 s): `carbon_for` then only multiplies. The result is
+    shared: do not change it."""
     try:
         from codecarbon.core.emissions import Emissions
         from codecarbon.core.units import Energy
