@@ -40,7 +40,7 @@ import torch  # noqa: E402
 from depth.gpt.recipe import load_recipe  # noqa: E402
 from depth.gpt.train import train  # noqa: E402
 
-# Dense peak TFLOP/s (BF16, FP32 without tensor cores) by board name: DESIGN.md's table.
+# Dense peak TFLOP/s (BF16, FP32 without tensor cores) by board name: the design notes' table.
 GPU_PEAK_TFLOPS = {"H100": (989.0, 67.0), "H200": (989.0, 67.0), "A100": (312.0, 19.5),
                    "RTX 4090": (165.0, 82.6), "RTX 3090": (71.0, 35.6)}
 

@@ -1,5 +1,5 @@
-"""The package's shape (DESIGN.md): stage folders, arrows pointing down, no cycles, small
-modules, a thin callback, and the public names other people's code relies on."""
+"""The package's shape (the design notes' layout): stage folders, arrows pointing down,
+no cycles, small modules, a thin callback, and the public names other code relies on."""
 
 from __future__ import annotations
 
