@@ -94,9 +94,10 @@ class Point:
 class Ledger:
     """The energy history of one model: closed segments plus the open one.
 
-    Usage: `begin` at the start of a fit, `step` at each optimizer-step boundary (with
-    observations from every rank), `pop_points` to log, `snapshot` at checkpoints, `end`
-    when the fit stops. `state_dict`/`load_state_dict` carry it through checkpoints.
+    Usage: `begin` at the start of a fit, `step` (or `queue`, recorded later) at each
+    optimizer-step boundary (with observations from every rank), `pop_points` to log,
+    `state_dict` at checkpoints, `end` when the fit stops. `state_dict`/`load_state_dict`
+    carry it through checkpoints.
     """
 
     def __init__(self, max_lag_s: float = 1.0):
@@ -169,6 +170,8 @@ class Ledger:
             tokens: Training tokens processed since the previous call (all ranks), or None.
             log: Whether this boundary becomes a point (else it only refines attribution).
         """
+        if self._queued:  # boundaries queued earlier come first
+            self._catch_up()
         self._record(self._require_open(), step, observations, tokens, log)
         self._emit_ready()
 

@@ -183,3 +183,18 @@ def test_bridging_a_meter_that_raises_anything():
     reader = BridgingReader(broken, ["x"], clock=lambda: 1.0)
     assert reader.read() == (1.0, {"x": 0.0})
     assert "driver exploded" in reader.flags[0]
+
+
+def test_queued_boundaries_are_recorded_before_a_later_step():
+    now, later = Ledger(), Ledger()
+    for ledger in (now, later):
+        ledger.begin(0, [(0.0, {"gpu:0": 0.0})], "test")
+    readings = [(s, [(float(s), {"gpu:0": 10.0 * s})]) for s in range(1, 6)]
+    for step, observations in readings:
+        now.step(step, observations, tokens=4)
+    for step, observations in readings[:-1]:
+        later.queue(step, observations, tokens=4)
+    later.step(*readings[-1], tokens=4)  # a direct step after queued ones keeps the order
+    assert [(p.step, p.joules) for p in later.pop_points()] == \
+        [(p.step, p.joules) for p in now.pop_points()]
+    assert later.optimizer_steps == 5 and later.tokens == 20
