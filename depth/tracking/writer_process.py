@@ -223,12 +223,11 @@ class MetricWriterProcess(CheckpointEvents):
                     + sum(len(p) + len(c) for p, c in self._unacked.values()) + fallback)
 
     def _replace_with_fallback(self) -> None:
-        """Closing before the process is ready (a short fit: it is still importing MLflow,
-        ~2 s): stop it and write what is queued from this process, where MLflow is already
-        imported, rather than wait. Nothing was written by it yet, so nothing twice. Only
-        for local stores: a tracking server keeps the process, which fails fast."""
+        """Waiting on the process before it is ready (a short fit: it is still importing
+        MLflow, ~2 s): stop it and write what is queued from this process, where MLflow is
+        already imported, rather than wait. Nothing was written by it yet, so nothing twice.
+        Only for local stores: a tracking server keeps the process, which fails fast."""
         self.replaced = True
-        self._ship()
         self._proc.kill()
         self._proc.wait()
         self._reader.join(timeout=5)  # it sees the end of output and starts the fallback
