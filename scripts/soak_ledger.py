@@ -95,7 +95,7 @@ def main() -> int:
             writer.log(metrics, p.step)
             rows += len(metrics)
         if step % 1000 == 0:
-            state_size = len(json.dumps(ledger.state_dict(reading)))
+            state_size = len(json.dumps(ledger.state_dict([(t, reading)])))
         if step % 10_000 == 0:
             current, _ = tracemalloc.get_traced_memory()
             samples.append({"step": step, "heap_mb": current / 1e6, "rss_mb": rss_mb(),

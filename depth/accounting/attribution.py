@@ -57,6 +57,14 @@ class CounterInterpolator:
             done[key] = e_a + (energy_j - e_a) * min(max(frac, 0.0), 1.0)
         self.anchor = (t_s, energy_j)
 
+    def settle(self, t_s: float, energy_j: float, key: int) -> dict[int, float]:
+        """`close` at a read that also ends boundary `key` (a checkpoint taken at that step):
+        `key`, if pending and the latest, is placed at this read, so it gets exactly
+        `energy_j`, the value the checkpoint records; earlier ones lie on the line to it."""
+        if self.pending and self.pending[-1][0] == key:
+            self.pending[-1] = (key, max(self.pending[-1][1], t_s))
+        return self.close(t_s, energy_j)
+
     def close(self, t_s: float, energy_j: float) -> dict[int, float]:
         """Final read, taken as exact at `t_s`: every pending boundary becomes final."""
         done: dict[int, float] = {}

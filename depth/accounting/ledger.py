@@ -256,6 +256,26 @@ class Ledger:
                 out[device] = self.history_devices[device] + energy_j - seg["start"][device]
         return out
 
+    def settle(self, observations: Sequence[tuple[float, Mapping[str, float]]]) -> None:
+        """Makes every boundary so far final at this read, taken as exact: what a checkpoint
+        does, so that its record and the point of its step are the same number (the last
+        step's boundary moves to the read; the energy between them belongs to that step)."""
+        self._catch_up()
+        seg = self._require_open()
+        last = seg["last_step"]
+        if last in seg["boundaries"]:  # its point is not out yet
+            _, tokens = seg["boundaries"][last]
+            seg["boundaries"][last] = (observations[0][0], tokens)
+        for t_s, reading in observations:
+            for device, energy_j in reading.items():
+                interp = seg["interps"].get(device)
+                if interp is None:
+                    continue
+                seg["last_reading"][device] = energy_j
+                for k, value in interp.settle(t_s, energy_j, last).items():
+                    seg["done"][k][device] = value
+        self._emit_ready()
+
     def end(self, observations: Sequence[tuple[float, Mapping[str, float]]],
             flags: Sequence[str] = ()) -> Segment:
         """Closes the open segment: pending boundaries become final, totals are exact."""
@@ -316,8 +336,10 @@ class Ledger:
 
     # ----------------------------------------------------------------- persistence
 
-    def state_dict(self, reading: Mapping[str, float] | None = None) -> dict[str, Any]:
-        """The history as of now, the open segment included up to `reading` (exact).
+    def state_dict(self, observations: Sequence[tuple[float, Mapping[str, float]]] | None = None
+                   ) -> dict[str, Any]:
+        """The history as of now, the open segment included up to `observations` (a read of
+        every rank, taken now), at which the open segment is settled (`settle`).
 
         The open segment appears as a segment with ``ended=None``; a resume turns it into
         the record's last fit segment, so the checkpoint's `train_joules` covers everything
@@ -327,8 +349,10 @@ class Ledger:
         segments = [s.to_dict() for s in self.segments]
         devices = dict(self.history_devices)
         seg = self._open
-        if seg is not None and reading is not None:
-            devices = self.snapshot_devices(reading)
+        if seg is not None and observations:
+            self.settle(observations)
+            devices = self.snapshot_devices(
+                {d: v for _, reading in observations for d, v in reading.items()})
             seg_devices = {d: devices[d] - self.history_devices[d] for d in seg["start"]}
             segments.append(self._open_segment(seg_devices, ended=None).to_dict())
         return {

@@ -1,20 +1,16 @@
 """`DepthCallback`: cumulative joules per optimizer step, embedded in every checkpoint.
 
-Lightning's hooks, each a few lines over the stages: meters are read through
-`lightning.ranks`, joules accounted by `accounting.ledger`, points sent by `lightning.sinks`,
-records sealed by `record`, the crash sidecar kept by `lightning.sidecar`. An optimizer
-step has ended when ``global_step`` advanced (right under gradient accumulation and manual
-optimization).
-
-The per-step hook reads the meter and queues the reading (`Ledger.queue`); points are
-taken once per ``flush_interval_s``, at checkpoints, at the end, for the progress bar.
+Lightning's hooks over the stages: meters read through `lightning.ranks`, joules accounted
+by `accounting.ledger`, points sent by `lightning.sinks`, records sealed by `record`, the
+crash sidecar kept by `lightning.sidecar`. An optimizer step has ended when ``global_step``
+advanced. The per-step hook only reads the meter and queues the reading (`Ledger.queue`).
 """
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,9 +28,11 @@ from depth.lightning.ranks import Observation, Ranks, meter_for_rank
 from depth.lightning.sidecar import CrashSidecar, recover_wasted_work
 from depth.lightning.sinks import Sinks
 from depth.meters import EnergyMeter
+from depth.record.binding import check_resume
 from depth.record.build import build_provenance
 from depth.record.digest import CHECKPOINT_KEY, weights_sha256
 from depth.record.provenance import Provenance
+from depth.record.signing import key_id, signing_key
 
 
 def _warn(message: str) -> None:
@@ -97,8 +95,11 @@ class DepthCallback(Callback):
         self._parameters, self._config_sha256 = None, None  # set at setup
         self._loaded: dict[str, Any] | None = None  # saved_unix and saved_at of a resume
         self._last_state: dict[str, Any] | None = None
+        self._resume_record: tuple[Any] | None = None  # the record of the checkpoint resumed
+        self._carried_flags: list[str] = []  # flags of the history a resume continues
         self._pending_tokens: int | None = 0
-        self._last_step, self._failed = 0, False
+        self._last_step, self._status = 0, "FINISHED"  # how this fit's own run ends
+        self._module: weakref.ref[pl.LightningModule] | None = None  # whose history this is
         self._emitted_s = 0.0  # monotonic time points were last taken from the ledger
 
     state_key = property(lambda self: "DepthCallback")  # subclasses resume the same state
@@ -113,12 +114,12 @@ class DepthCallback(Callback):
         """(step, MLflow LoggedModel id) of every checkpoint published so far."""
         return self.sinks.logged_models
 
-    # ------------------------------------------------------------------ a fit
-
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self._trainer = trainer
+        if self._module is not None and self._module() is not pl_module:
+            self._new_history()  # another model: its depth is not the last one's
+        self._module, self._trainer, self._status = weakref.ref(pl_module), trainer, "FINISHED"
         self._parameters = sum(p.numel() for p in pl_module.parameters())
         self._config_sha256 = config_sha256(trainer, pl_module)
         if self._intensity is None:
@@ -196,16 +197,21 @@ class DepthCallback(Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                      exception: BaseException) -> None:
-        self._failed = True
+        if self.ranks is None or not self.ledger.is_open:
+            return  # not in a fit this callback measures
+        self._status = "KILLED" if isinstance(exception, KeyboardInterrupt) else "FAILED"
+        self.ledger.end(self._final_observations(), flags=[
+            *self._flags(), f"the fit stopped: {type(exception).__name__}"])
         self._emit(trainer)
         self.sinks.flush(wait=True)
         self._stop_sidecar(final_write=True)
+        self.teardown(trainer, pl_module, "fit")  # Lightning calls none after an exception
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         self.files.publish(trainer, self.sinks, _warn, final=True)
-        self.sinks.close(failed=self._failed, global_zero=trainer.is_global_zero)
+        self.sinks.close(self._status, global_zero=trainer.is_global_zero)
         self._stop_sidecar(final_write=False)
         if self._owns_meter and self.meter is not None:
             self.meter.close()
@@ -217,18 +223,22 @@ class DepthCallback(Callback):
             self._emit(self._trainer)
         return self.fit_progress.figures()
 
-    # ------------------------------------------------------------------ checkpoints
-
     def state_dict(self) -> dict[str, Any]:
-        reading = None
-        if self.ledger.is_open:
-            reading = {d: v for _, values in self._final_observations() for d, v in values.items()}
-        state = self.ledger.state_dict(reading)
+        state = self.ledger.state_dict(self._final_observations() if self.ledger.is_open
+                                       else None)
         state.update(flags=self._flags(), saved_unix=time.time(), parent=self.parent)
         self._last_state = state
         return state
 
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self._resume_record = (checkpoint.get(CHECKPOINT_KEY),)  # checked in load_state_dict
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._resume_record is not None:  # Lightning's resume: the record binds the state
+            record, self._resume_record = self._resume_record[0], None
+            self._carried_flags += check_resume(state_dict, record)
+        self._carried_flags += state_dict.get("flags") or []  # earlier fits' stay in the record
         self.ledger.load_state_dict(state_dict)
         self._loaded = {k: state_dict.get(k) for k in ("saved_unix", "saved_at")}
         self.parent = self.parent or state_dict.get("parent")
@@ -237,14 +247,10 @@ class DepthCallback(Callback):
                            checkpoint: dict[str, Any]) -> None:
         if not (self.ledger.is_open or self.ledger.segments):
             return  # nothing measured (this callback never trained)
-        state = self._last_state if self._last_state is not None else self.state_dict()
-        self._last_state = None
+        state, self._last_state = self._last_state or self.state_dict(), None
         digest = (weights_sha256(checkpoint["state_dict"])
                   if trainer.is_global_zero and "state_dict" in checkpoint else None)
-        from depth.record.signing import KEY_ID_ENV, signing_key
-
-        record = self.provenance(state, digest).sealed(signing_key(),
-                                                       os.environ.get(KEY_ID_ENV) or None)
+        record = self.provenance(state, digest).sealed(signing_key(), key_id())
         checkpoint[CHECKPOINT_KEY] = record
         step = int(state["optimizer_steps"])
         self.sinks.publish_checkpoint(record, step)
@@ -254,15 +260,11 @@ class DepthCallback(Callback):
 
     def provenance(self, state: Mapping[str, Any], digest: str | None = None) -> Provenance:
         """The record for a ledger state (as saved at a checkpoint)."""
-        ranks = self.ranks
-        return build_provenance(
-            state, methods=ranks.methods if ranks else {}, method=ranks.method if ranks else
-            "none", hardware=ranks.hardware if ranks else {}, sync=self.options.sync,
-            parameters=self._parameters, config_sha256=self._config_sha256,
-            pue=self.options.pue, intensity=self._intensity, parent=self.parent,
-            weights_sha256=digest)
-
-    # ------------------------------------------------------------------ helpers
+        facts = self.ranks.facts() if self.ranks else dict(methods={}, method="none", hardware={})
+        return build_provenance(state, **facts, sync=self.options.sync, parent=self.parent,
+                                parameters=self._parameters, config_sha256=self._config_sha256,
+                                pue=self.options.pue, intensity=self._intensity,
+                                weights_sha256=digest)
 
     def _emit(self, trainer: pl.Trainer) -> None:
         points = self.ledger.pop_points()
@@ -273,17 +275,16 @@ class DepthCallback(Callback):
         if trainer.is_global_zero and self.sinks:
             self.sinks.log(points, devices=len(self.ranks.methods) if self.ranks else 0)
 
+    def _new_history(self) -> None:
+        self.ledger, self.sinks = Ledger(self.options.max_lag_s), Sinks(self.options)
+        self.parent, self._loaded, self._last_state, self._carried_flags = None, None, None, []
+
     def _final_observations(self) -> list[Observation]:
-        """Every rank's reading now, CUDA synchronized unless ``sync="none"``."""
         assert self.ranks is not None
-        if self.options.sync != "none":
-            self.ranks.synchronize()
-        observations, _ = self.ranks.observe(tokens=None)
-        return observations
+        return self.ranks.read_now(sync=self.options.sync != "none")
 
     def _flags(self) -> list[str]:
-        flags = list(self.ranks.reader.flags) if self.ranks is not None else []
-        flags += list(getattr(self.meter, "flags", list)()) if self.meter is not None else []
+        flags = [*self._carried_flags, *(self.ranks.flags() if self.ranks is not None else [])]
         if self._sidecar is not None and self._sidecar.failed:
             flags.append(self._sidecar.failed)
         return list(dict.fromkeys(flags))

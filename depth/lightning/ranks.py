@@ -104,6 +104,7 @@ class Ranks:
         self.hardware = run_hardware(trainer, ranks)
         self.reader = BridgingReader(meter.read if meter is not None else dict, devices,
                                      on_failure=warn)
+        self._meter = meter
 
     def gather_object(self, obj: Any) -> list[Any]:
         """`obj` from every rank (a list of one without a process group)."""
@@ -143,6 +144,21 @@ class Ranks:
                                         if label not in self.excluded}))
             total = None if (total is None or math.isnan(r[1])) else total + int(r[1])
         return observations, total
+
+    def read_now(self, sync: bool) -> list[Observation]:
+        """Every rank's reading now; with `sync`, after this rank's queued CUDA work."""
+        if sync:
+            self.synchronize()
+        return self.observe(tokens=None)[0]
+
+    def facts(self) -> dict[str, Any]:
+        """What a record says about how the joules were read: ``methods`` per device, the
+        combined ``method`` and the run's ``hardware``."""
+        return {"methods": self.methods, "method": self.method, "hardware": self.hardware}
+
+    def flags(self) -> list[str]:
+        """What went wrong reading: the reader's flags, then the meter's own."""
+        return [*self.reader.flags, *getattr(self._meter, "flags", list)()]
 
     def synchronize(self) -> None:
         """Waits for this rank's queued CUDA work, so a read covers it."""

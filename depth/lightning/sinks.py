@@ -179,12 +179,13 @@ class Sinks:
             except Exception as err:  # a logger failing must not stop training
                 _warn(f"flushing {type(sink).__name__} failed: {err}")
 
-    def close(self, failed: bool, global_zero: bool) -> None:
-        """Closes this fit's sinks and ends the run depth opened (FAILED when `failed`)."""
+    def close(self, status: str, global_zero: bool) -> None:
+        """Closes this fit's sinks and ends the run depth opened with `status`
+        (``FINISHED``, ``FAILED``, ``KILLED``)."""
         for sink in self._sinks:
             try:
                 if isinstance(sink, SpoolSink):
-                    sink.close(failed=failed)
+                    sink.close(status)
                 else:
                     sink.close()
             except Exception as err:
@@ -193,7 +194,7 @@ class Sinks:
         self._sinks = []
         if self.own_run is not None and global_zero:
             if unreachable(self.own_run[0]) is None:
-                end_run(*self.own_run, failed=failed)
+                end_run(*self.own_run, status=status)
             elif self._own_spool is not None:  # the server went away mid-run
-                self._own_spool.end("FAILED" if failed else "FINISHED")
+                self._own_spool.end(status)
         self._own_spool = None

@@ -27,6 +27,11 @@ def signing_key() -> bytes | None:
     return key.encode() if key else None
 
 
+def key_id() -> str | None:
+    """The key's label from ``DEPTH_SIGNING_KEY_ID``, or ``None``."""
+    return os.environ.get(KEY_ID_ENV) or None
+
+
 def signature(digest: str, key: bytes, key_id: str | None = None) -> dict[str, Any]:
     """The signature of a record whose ``record_sha256`` is `digest`."""
     value = hmac.new(key, digest.encode(), hashlib.sha256).hexdigest()
@@ -38,9 +43,9 @@ def check(record: Mapping[str, Any], key: bytes | None) -> tuple[bool | None, st
     with) and why, in a few words."""
     signed = record.get("signature")
     if key is None:
-        if isinstance(signed, Mapping):
-            label = f" (key {signed.get('key_id')})" if signed.get("key_id") else ""
-            return None, f"signed{label}; set {KEY_ENV} to check the signature"
+        if isinstance(signed, Mapping):  # anyone can write one: unchecked, it proves nothing
+            label = f", naming key {signed.get('key_id')!r}" if signed.get("key_id") else ""
+            return None, f"signature not checked ({KEY_ENV} is not set{label})"
         return None, "not signed"
     if not isinstance(signed, Mapping) or "value" not in signed:
         return False, f"the record is not signed, but {KEY_ENV} is set: it cannot be shown to " \

@@ -4,7 +4,8 @@ Two digests are checked: ``weights_sha256`` (the saved state_dict, recomputed he
 ``record_sha256`` (the record itself). Checkpoints are loaded with
 ``torch.load(weights_only=True)``: a checkpoint being verified is not yet trusted, so no
 code in it runs unless the caller says so (`trust`). With ``DEPTH_SIGNING_KEY`` set, the
-record's signature is checked too (`depth.record.signing`).
+record's signature is checked too (`depth.record.signing`), and the callback state a resume
+would continue must equal the record (`depth.record.binding`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ def verify_checkpoint(path: str | Path, trust: bool = False) -> Verdict:
     signed, why = check(record, signing_key())
     if signed is False:
         return Verdict(MISMATCH, f"{path}: {why}")
+    from depth.record.binding import binding_problem, state_of
+
+    state = state_of(checkpoint)
+    problem = binding_problem(state, record, None)[0] if state is not None else None
+    if problem:  # what a resume would continue is not what the record says
+        return Verdict(MISMATCH, f"{path}: a resume would be refused: {problem}")
     return Verdict(OK, f"{path}: weights and record match ({record.get('train_joules', 0):.6g} J "
                        f"over {record.get('optimizer_steps')} optimizer steps, "
                        f"method {record.get('method')}); {why}")

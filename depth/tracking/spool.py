@@ -104,7 +104,7 @@ class Spool:
             self._append({"checkpoint": dict(event)})
 
     def end(self, status: str) -> None:
-        """Spools the end of the run (``FINISHED`` or ``FAILED``), for a run `sync_spool`
+        """Spools the end of the run (``FINISHED``, ``FAILED``, ``KILLED``), for a run `sync_spool`
         creates or one depth opened itself."""
         self._append({"end": status})
 
@@ -143,11 +143,12 @@ class SpoolSink(CheckpointEvents):
     def pending(self) -> int:
         return len(self._points)
 
-    def close(self, failed: bool = False) -> None:
-        """Spools what is buffered and, for a run that `sync_spool` will create, its end."""
+    def close(self, status: str = "FINISHED") -> None:
+        """Spools what is buffered and, for a run that `sync_spool` will create, its end
+        (``FINISHED``, ``FAILED`` or ``KILLED``)."""
         self.flush()
         if self.spool.run_id is None:
-            self.spool.end("FAILED" if failed else "FINISHED")
+            self.spool.end(status)
 
 
 # ---------------------------------------------------------------------------- replay

@@ -92,8 +92,9 @@ def open_run(experiment_name: str, run_name: str | None = None,
     return uri, run.info.run_id
 
 
-def end_run(tracking_uri: str, run_id: str, failed: bool = False) -> None:
-    """Marks a run the callback opened as finished (or failed)."""
+def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """Ends a run the callback opened: ``FINISHED``, ``FAILED`` (the fit raised) or
+    ``KILLED`` (interrupted)."""
     from mlflow import MlflowClient
 
-    MlflowClient(tracking_uri).set_terminated(run_id, "FAILED" if failed else "FINISHED")
+    MlflowClient(tracking_uri).set_terminated(run_id, status)

@@ -118,7 +118,7 @@ def test_state_round_trip_continues_the_history_and_counts_the_open_segment():
     first = Ledger()
     first.begin(0, [(0.0, {"gpu:0": 1000.0})], "test", sync="log")
     first.step(5, [(5.0, {"gpu:0": 1500.0})], tokens=50)
-    state = first.state_dict({"gpu:0": 1600.0})  # saved mid-segment
+    state = first.state_dict([(6.0, {"gpu:0": 1600.0})])  # saved mid-segment
     assert state["train_joules"] == pytest.approx(600.0)
     assert state["segments"][0]["ended"] is None and state["segments"][0]["sync"] == "log"
 
@@ -137,6 +137,24 @@ def test_state_round_trip_continues_the_history_and_counts_the_open_segment():
     assert final["train_joules"] == pytest.approx(900.0)
     assert final["wasted_joules"] == pytest.approx(200.0)
     assert final["tokens"] == 60
+
+
+def test_a_checkpoint_settles_its_step_at_the_read_its_record_uses():
+    """The record of a checkpoint and the point of its step are one number (issue 13.2):
+    the boundary of step 2 would otherwise be placed on the line to the counter's *next*
+    update (above what the checkpoint read), the record one read later below it."""
+    ledger = Ledger()
+    ledger.begin(0, [(0.0, {"gpu:0": 0.0})], "test")
+    ledger.step(1, [(1.0, {"gpu:0": 100.0})], tokens=None)
+    ledger.step(2, [(2.0, {"gpu:0": 200.0})], tokens=None)
+    state = ledger.state_dict([(2.1, {"gpu:0": 200.0})])  # the counter has not moved yet
+    points = {p.step: p.joules for p in ledger.pop_points()}
+    assert points[2] == state["train_joules"] == 200.0
+    assert points[1] <= state["train_joules"]
+    ledger.step(3, [(3.0, {"gpu:0": 300.0})], tokens=None)  # it goes on from the settle
+    ledger.end([(3.0, {"gpu:0": 300.0})])
+    later = [p.joules for p in ledger.pop_points()]
+    assert later == sorted(later) and later[-1] == 300.0
 
 
 class FlakyMeter:

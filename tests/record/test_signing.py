@@ -43,7 +43,7 @@ def test_a_signed_record_verifies_only_with_its_key(tmp_path, monkeypatch):
     assert verify_checkpoint(path).status == MISMATCH
     monkeypatch.delenv("DEPTH_SIGNING_KEY")
     verdict = verify_checkpoint(path)
-    assert verdict.status == OK and "set DEPTH_SIGNING_KEY" in verdict.reason
+    assert verdict.status == OK and "DEPTH_SIGNING_KEY is not set" in verdict.reason
 
     monkeypatch.setenv("DEPTH_SIGNING_KEY", KEY)
     forged = dict(record, train_joules=1.0)  # edited, digest recomputed: tamper evidence

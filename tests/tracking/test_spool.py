@@ -66,7 +66,7 @@ def test_a_run_that_never_reached_the_server_is_created_once_with_its_end(tmp_pa
     spool = Spool(tmp_path / "spool", uri, None, experiment_name="offline")
     sink = SpoolSink(spool)
     sink.log({"energy/joules": 5.0}, 1)
-    sink.close(failed=True)
+    sink.close("FAILED")
     report = sync_spool(tmp_path / "spool")
     (run_id,) = report.runs
     run = client.get_run(run_id)
