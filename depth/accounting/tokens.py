@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -48,6 +49,31 @@ def token_counter(
     if tokens_per_batch is None:
         return infer_tokens
     if callable(tokens_per_batch):
-        return lambda batch: int(tokens_per_batch(batch))
+        return _checked_callable(tokens_per_batch)
     fixed = int(tokens_per_batch)
     return lambda batch: fixed
+
+
+def _checked_callable(count: Callable[[Any], int]) -> Callable[[Any], int | None]:
+    """A user's ``tokens_per_batch(batch)``: a call that raises or does not return a
+    non-negative int makes tokens unknown for the fit (one warning), never stops training."""
+    broken: list[str] = []
+
+    def counted(batch: Any) -> int | None:
+        if broken:
+            return None
+        try:
+            value = count(batch)
+        except Exception as err:  # the user's function: training goes on without tokens
+            broken.append(f"raised {type(err).__name__}: {err}")
+        else:
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+            if hasattr(value, "__index__") and not isinstance(value, bool) and int(value) >= 0:
+                return int(value)  # numpy and 0-d torch integers
+            broken.append(f"returned {value!r}")
+        warnings.warn(f"depth: tokens_per_batch(batch) {broken[0]}; it must return a "
+                      "non-negative int. Token metrics are off for this fit", stacklevel=2)
+        return None
+
+    return counted

@@ -108,8 +108,37 @@ class CallbackOptions:
         if self.mlflow_writer not in MLFLOW_WRITERS:
             raise ValueError(f"mlflow_writer must be one of {', '.join(MLFLOW_WRITERS)}; "
                              f"got {self.mlflow_writer!r}")
-        if self.pue is not None and not self.pue >= 1.0:
-            raise ValueError(f"pue must be >= 1 (facility energy over IT energy); got {self.pue!r}")
+        pue = self.pue
+        if pue is not None and (isinstance(pue, bool) or not isinstance(pue, (int, float))
+                                or not pue >= 1.0 or pue == float("inf")):
+            raise ValueError(f"pue must be a number >= 1 (facility energy over IT energy); "
+                             f"got {pue!r}")
+        code = self.country_iso_code
+        if code is not None and not (isinstance(code, str) and len(code) == 3 and code.isalpha()):
+            raise ValueError("country_iso_code must be an ISO 3166 alpha-3 code such as 'FRA' "
+                             f"or 'USA'; got {code!r}")
+        self.parent = _checked_parent(self.parent)
         self.tracking = bool(self.tracking)
         self.log_checkpoints = bool(self.log_checkpoints)
         self.spool_dir = Path(self.spool_dir) if self.spool_dir is not None else None
+
+
+def _checked_parent(parent: Any) -> Any:
+    """A parent that names a file must be one now (not at the first step); MLflow sources
+    (``runs:/``, ``models:/``, ``m-``) are resolved, and every parent's digests checked,
+    when the fit starts."""
+    if parent is None or isinstance(parent, Mapping):
+        return parent
+    if not isinstance(parent, (str, Path)):
+        raise TypeError("parent must be a checkpoint path, an MLflow source (runs:/..., "
+                        f"models:/..., m-...) or a record; got {type(parent).__name__}")
+    text = str(parent)
+    if text.startswith(("runs:/", "models:/", "m-")):
+        return parent
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise ValueError(f"parent must be a checkpoint file; {text} is a directory")
+    if not path.is_file():
+        raise ValueError(f"parent must be an existing checkpoint file or an MLflow source "
+                         f"(runs:/..., models:/..., m-...); {text} does not exist")
+    return parent

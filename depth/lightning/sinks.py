@@ -10,6 +10,8 @@ that nothing waits on it. Other Lightning loggers get the points through their o
 from __future__ import annotations
 
 import os
+import secrets
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -72,6 +74,12 @@ class DirectSink:
         self.flush()
 
 
+def _run_name() -> str:
+    """A name unique to this run: MLflow's own draws from the global ``random``, which a
+    seeded script resets, so every seeded run (and its LoggedModels) got the same name."""
+    return f"depth-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
 def _warn(message: str) -> None:
     warnings.warn(f"depth: {message}", stacklevel=3)
 
@@ -130,7 +138,8 @@ class Sinks:
                 run_id = logger.run_id
             else:
                 if self.own_run is None:  # one run for every fit of this callback
-                    self.own_run = open_run(options.experiment_name, tracking_uri=uri)
+                    self.own_run = open_run(options.experiment_name, run_name=_run_name(),
+                                            tracking_uri=uri)
                 run_id = self.own_run[1]
             spool = self._spool(trainer, uri, run_id)
             if logger is None:

@@ -43,6 +43,12 @@ def grid_intensity(country_iso_code: str | None = None,
         basis = ("CodeCarbon world-average grid intensity (no country configured)"
                  if iso == WORLD else
                  f"CodeCarbon world-average grid intensity (no data for {iso})")
+        if iso != WORLD:
+            import warnings
+
+            warnings.warn(f"depth: CodeCarbon has no grid data for country_iso_code {iso!r}; "
+                          "the carbon estimate uses the world average (the record says so)",
+                          stacklevel=2)
     return {"g_co2eq_per_kwh": kg_per_kwh * 1000.0, "basis": basis,
             "country_iso_code": iso if known else None, "region": region if known else None,
             "label": "estimate"}

@@ -213,7 +213,25 @@ def test_meter_failure_mid_run_warns_once_bridges_and_flags(tmp_path):
      ({"tokens_per_batch": -3}, "tokens_per_batch must be"),
      ({"sidecar_interval_s": 0}, "sidecar_interval_s must be > 0"),
      ({"mlflow_writer": "fast"}, "mlflow_writer must be one of auto, process, thread"),
-     ({"pue": 0.8}, "pue must be >= 1")])
+     ({"pue": 0.8}, "pue must be a number >= 1"),
+     ({"pue": "1.2"}, "pue must be a number >= 1"),
+     ({"country_iso_code": "XX"}, "country_iso_code must be an ISO 3166 alpha-3 code"),
+     ({"parent": "no/such.ckpt"}, "parent must be an existing checkpoint file"),
+     ({"parent": "."}, r"parent must be a checkpoint file; \. is a directory"),
+     ({"parent": 42}, "parent must be a checkpoint path")])
 def test_bad_options_fail_at_construction_naming_the_option(kwargs, message):
-    with pytest.raises((ValueError, TypeError), match=message):
+    with pytest.raises((ValueError, TypeError), match=message) as raised:
         DepthCallback(**kwargs)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("count", [lambda batch: "many", lambda batch: -1,
+                                   lambda batch: 1 / 0])
+def test_a_broken_tokens_per_batch_turns_token_metrics_off_and_training_goes_on(tmp_path,
+                                                                               count):
+    cb = DepthCallback(ClockMeter(), tokens_per_batch=count, tracking=False)
+    with pytest.warns(UserWarning, match=r"tokens_per_batch\(batch\) .*non-negative int"):
+        trainer = fit(tmp_path, cb, n=20, max_epochs=1)
+    assert trainer.global_step == 5
+    assert cb.ledger.state_dict()["tokens"] is None
+    assert all("energy/joules_per_token" not in p for p in csv_points(trainer))

@@ -113,3 +113,18 @@ def test_fitting_the_same_model_again_continues_its_history(tmp_path):
     assert [s["kind"] for s in record["segments"]] == ["fit", "fit"]
     assert cb.ledger.lineage_id == lineage
     assert record["train_joules"] > a_joules
+
+
+def test_seeded_scripts_get_distinct_run_names(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    names = []
+    for attempt in range(2):
+        pl.seed_everything(0)  # what every reproducible script does first
+        cb = DepthCallback(ClockMeter(), experiment_name="seeded")
+        pl.Trainer(callbacks=[cb], logger=False, default_root_dir=tmp_path / str(attempt),
+                   max_steps=1, enable_checkpointing=False, **QUIET).fit(TinyLM(), loader(n=8))
+        names.append(MlflowClient(uri).get_run(cb.own_run[1]).info.run_name)
+    assert names[0] != names[1]
