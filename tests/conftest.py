@@ -16,6 +16,13 @@ import pytest
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _session_cache(tmp_path_factory):
+    """depth's cache (grid intensities) in a temporary folder, not the user's ~/.cache."""
+    os.environ["DEPTH_CACHE_DIR"] = str(tmp_path_factory.mktemp("depth-cache"))
+    yield
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _session_store(tmp_path_factory):
     store = tmp_path_factory.mktemp("mlflow-store")
     uri = f"sqlite:///{store}/mlflow.db"
