@@ -16,7 +16,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from depth.accounting.reader import BridgingReader
+from depth.accounting.reader import BridgingReader, power_limits_w
 from depth.lightning.facts import run_hardware
 from depth.meters import EnergyMeter, MeterUnavailable, auto_meter, make_meter
 
@@ -103,7 +103,7 @@ class Ranks:
         self.method = "+".join(sorted(set(self.methods.values()))) or "none"
         self.hardware = run_hardware(trainer, ranks)
         self.reader = BridgingReader(meter.read if meter is not None else dict, devices,
-                                     on_failure=warn)
+                                     on_failure=warn, limits_w=power_limits_w(hardware))
 
     def gather_object(self, obj: Any) -> list[Any]:
         """`obj` from every rank (a list of one without a process group)."""
