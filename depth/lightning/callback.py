@@ -140,7 +140,7 @@ class DepthCallback(Callback):
             recover_wasted_work(Path(trainer.ckpt_path).parent, self.ledger, ranks,
                                 self._loaded.get("saved_unix"), self._loaded.get("saved_at"))
         self.ledger.begin(trainer.global_step, self._baseline, ranks.method, ranks.hardware,
-                          self.options.sync)
+                          self.options.sync, methods=ranks.current_methods)
         self._last_step, self._pending_tokens = trainer.global_step, 0
         self._emitted_s = time.monotonic()
         self.fit_progress = FitProgress()
