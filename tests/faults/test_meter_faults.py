@@ -10,16 +10,19 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Callback
 
 from depth import DepthCallback
 from depth.accounting.reader import UNMEASURED as READER_UNMEASURED
 from depth.cli import main
+from depth.meters.nvml import NvmlCounterMeter
 from depth.record.card import card_metadata, card_yaml
 from depth.record.digest import CHECKPOINT_KEY, record_sha256
 from depth.record.provenance import provenance_from_checkpoint
 from depth.record.uncertainty import UNMEASURED
 from depth.record.verify import verify_checkpoint
 from tests.doubles.meters import ScriptedMeter
+from tests.doubles.pynvml_double import FakeGpu, FakeNvml
 from tests.support.lightning_models import TinyLM, loader
 
 
@@ -147,3 +150,36 @@ def test_verify_fails_a_sealed_record_with_non_finite_or_negative_joules(tmp_pat
     text = (captured.out + captured.err).strip()
     assert status == 1 and len(text.splitlines()) == 1 and "Traceback" not in text
     assert field in text and "finite" in text
+
+
+class GpuJump(Callback):
+    """The simulated GPU's counter advances 5 J per batch, and 1500 J in the third."""
+
+    def __init__(self, gpu: FakeGpu):
+        self.gpu, self.batches = gpu, 0
+
+    def on_train_batch_start(self, *args) -> None:
+        self.batches += 1
+        self.gpu.energy_mj += 1_500_000.0 if self.batches == 3 else 5_000.0
+
+
+@pytest.mark.parametrize("limit_w,flagged", [(300.0, True), (None, False)])
+def test_the_jump_bound_uses_the_gpus_power_limit_from_nvml(tmp_path, limit_w, flagged):
+    # 1500 J within a step: more than 3 x 300 W can draw in a second, not more than the
+    # generous bound of a GPU whose limit is unknown
+    gpu = FakeGpu(power_limit_mw=limit_w and limit_w * 1000)
+    meter = NvmlCounterMeter([0], nvml=FakeNvml([gpu]), visible_devices=None)
+    trainer = pl.Trainer(callbacks=[GpuJump(gpu), DepthCallback(meter, tracking=False,
+                                                                sidecar=False)],
+                         logger=False, max_steps=5, default_root_dir=tmp_path,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", devices=1)
+    trainer.fit(TinyLM(), loader(n=20))
+    record = provenance_from_checkpoint(checkpoint_of(trainer))
+    assert record.hardware["ranks"][0]["gpus"][0].get("power_limit_w") == limit_w
+    jumps = [f for f in record.flags if "implausible jump" in f]
+    assert bool(jumps) is flagged
+    if flagged:
+        assert "more than 900 W" in jumps[0] and record.train_joules < 1000
+    else:
+        assert record.train_joules > 1500
