@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -31,7 +31,12 @@ def utc_now() -> str:
 
 @dataclass
 class Segment:
-    """One fit (``kind="fit"``), or energy lost after a checkpoint (``kind="wasted"``)."""
+    """One fit (``kind="fit"``), or energy lost after a checkpoint (``kind="wasted"``).
+
+    ``method`` names every source of the segment (``a+b``); ``methods`` says which one
+    measured each device (empty in segments written before it was kept, and for wasted
+    work), so that a history metered differently in each fit keeps each part's method.
+    """
 
     kind: str
     start_step: int
@@ -46,6 +51,7 @@ class Segment:
     tokens: int = 0
     sync: str = "none"
     flags: list[str] = field(default_factory=list)
+    methods: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,7 +133,9 @@ class Ledger:
 
     def begin(self, step: int, observations: Sequence[tuple[float, Mapping[str, float]]],
               method: str, hardware: Mapping[str, Any] | None = None, sync: str = "none",
-              started: str | None = None) -> None:
+              started: str | None = None,
+              methods: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None
+              ) -> None:
         """Opens a segment at optimizer step `step` from baseline readings.
 
         Args:
@@ -137,6 +145,8 @@ class Ledger:
             hardware: Hardware facts for the record.
             sync: The CUDA synchronization mode.
             started: ISO time the fit started (now by default).
+            methods: The method of each device, or a callable giving it, asked whenever
+                the segment is saved or closed (a device found unmeasured by then says so).
         """
         if self._open is not None:
             raise RuntimeError("a segment is already open; call end() first")
@@ -155,7 +165,7 @@ class Ledger:
             "hardware": dict(hardware or {}), "sync": sync, "tokens": 0,
             "last_point": (step, t_first, self.history_j),
             "boundaries": {}, "done": {}, "flags": [], "last_step": step,
-            "last_reading": dict(start),
+            "last_reading": dict(start), "methods": methods,
         }
         self.optimizer_steps = step
 
@@ -303,12 +313,20 @@ class Ledger:
                       flags: Sequence[str] = ()) -> Segment:
         """The open fit as a `Segment`, with its joules per device so far."""
         seg = self._require_open()
+        methods = seg["methods"]
+        methods = dict((methods() if callable(methods) else methods) or {})
+        methods = {d: methods[d] for d in devices if d in methods}
+        names = set(methods.values())
+        if not names or len(methods) < len(devices):  # some devices have no method of their own
+            names.update(seg["method"].split("+"))
+        method = "+".join(sorted(names))
         return Segment(
             kind="fit", start_step=seg["start_step"], end_step=seg["last_step"],
             joules=math.fsum(devices.values()), wall_s=time.time() - seg["wall0"],
-            started=seg["started"], ended=ended, method=seg["method"],
+            started=seg["started"], ended=ended, method=method,
             hardware=seg["hardware"], devices=dict(devices), tokens=seg["tokens"],
-            sync=seg["sync"], flags=list(dict.fromkeys([*seg["flags"], *flags])))
+            sync=seg["sync"], flags=list(dict.fromkeys([*seg["flags"], *flags])),
+            methods=methods)
 
     def add_wasted(self, start_step: int, end_step: int, devices: Mapping[str, float],
                    wall_s: float, started: str, ended: str | None, method: str,

@@ -141,9 +141,9 @@ class DepthCallback(Callback):
             recover_wasted_work(Path(trainer.ckpt_path).parent, self.ledger, ranks,
                                 self._loaded.get("saved_unix"), self._loaded.get("saved_at"))
         self.ledger.begin(trainer.global_step, self._baseline, ranks.method, ranks.hardware,
-                          self.options.sync)
-        self._last_step, self._pending_tokens = trainer.global_step, 0
-        self._emitted_s = time.monotonic()
+                          self.options.sync, methods=ranks.current_methods)
+        self._last_step, self._pending_tokens, self._emitted_s = (trainer.global_step, 0,
+                                                                  time.monotonic())
         self.fit_progress = FitProgress()
         if trainer.is_global_zero:
             self.sinks.open(trainer)
@@ -200,8 +200,8 @@ class DepthCallback(Callback):
         if self.ranks is None or not self.ledger.is_open:
             return  # not in a fit this callback measures
         self._status = "KILLED" if isinstance(exception, KeyboardInterrupt) else "FAILED"
-        self.ledger.end(self._final_observations(), flags=[
-            *self._flags(), f"the fit stopped: {type(exception).__name__}"])
+        stopped = [*self._flags(), f"the fit stopped: {type(exception).__name__}"]
+        self.ledger.end(self._final_observations(), flags=stopped)
         self._emit(trainer)
         self.sinks.flush(wait=True)
         self._stop_sidecar(final_write=True)
@@ -237,8 +237,9 @@ class DepthCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self._resume_record is not None:  # Lightning's resume: the record binds the state
             record, self._resume_record = self._resume_record[0], None
-            self._carried_flags += check_resume(state_dict, record)
-        self._carried_flags += state_dict.get("flags") or []  # earlier fits' stay in the record
+            self._carried_flags += check_resume(state_dict, record)  # the record's flags too
+        else:  # earlier fits' flags stay in the record
+            self._carried_flags += state_dict.get("flags") or []
         self.ledger.load_state_dict(state_dict)
         self._loaded = {k: state_dict.get(k) for k in ("saved_unix", "saved_at")}
         self.parent = self.parent or state_dict.get("parent")
@@ -297,4 +298,3 @@ class DepthCallback(Callback):
         if self._sidecar is not None:
             self._sidecar.stop(final_write=final_write)
             self._sidecar = None
-

@@ -16,7 +16,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from depth.accounting.reader import BridgingReader
+from depth.accounting.reader import UNMEASURED, BridgingReader, power_limits_w
 from depth.lightning.facts import run_hardware
 from depth.meters import EnergyMeter, MeterUnavailable, auto_meter, make_meter
 
@@ -103,8 +103,17 @@ class Ranks:
         self.method = "+".join(sorted(set(self.methods.values()))) or "none"
         self.hardware = run_hardware(trainer, ranks)
         self.reader = BridgingReader(meter.read if meter is not None else dict, devices,
-                                     on_failure=warn)
+                                     on_failure=warn, limits_w=power_limits_w(hardware))
         self._meter = meter
+
+    def current_methods(self) -> dict[str, str]:
+        """`methods`, with this rank's devices that have not given one valid reading yet
+        as ``unmeasured`` (other ranks' are not known here)."""
+        unmeasured = self.reader.unmeasured
+        if not unmeasured:
+            return dict(self.methods)
+        labels = {self.labels[d] for d in unmeasured}
+        return {d: UNMEASURED if d in labels else m for d, m in self.methods.items()}
 
     def gather_object(self, obj: Any) -> list[Any]:
         """`obj` from every rank (a list of one without a process group)."""

@@ -63,14 +63,31 @@ class _NvmlMeter:
         return [g.label for g in self.gpus]
 
     def hardware(self) -> dict[str, object]:
-        """GPU names and UUIDs and the driver version, for provenance records."""
+        """GPU names, UUIDs and power limits and the driver version, for provenance records."""
         try:
             driver = nvml_text(self._nv.call(self._nv.lib.nvmlSystemGetDriverVersion))
         except MeterError:
             driver = "unknown"
-        return {"driver": driver,
-                "gpus": [{"device": g.label, "name": g.name, "uuid": g.uuid,
-                          "nvml_index": g.nvml_index} for g in self.gpus]}
+        gpus = []
+        for g in self.gpus:
+            info: dict[str, object] = {"device": g.label, "name": g.name, "uuid": g.uuid,
+                                       "nvml_index": g.nvml_index}
+            limit_w = self._power_limit_w(g)
+            if limit_w:
+                info["power_limit_w"] = limit_w
+            gpus.append(info)
+        return {"driver": driver, "gpus": gpus}
+
+    def _power_limit_w(self, g: Gpu) -> float | None:
+        """The GPU's enforced power limit, which bounds plausible readings (``None``
+        when NVML cannot say)."""
+        get_limit = getattr(self._nv.lib, "nvmlDeviceGetEnforcedPowerLimit", None)
+        if get_limit is None:
+            return None
+        try:
+            return float(self._nv.call(get_limit, g.handle)) / 1000.0  # milliwatts
+        except (MeterError, TypeError, ValueError):
+            return None
 
     def close(self) -> None:
         self._nv.shutdown()

@@ -22,7 +22,8 @@ STATE_KEY = "DepthCallback"  # the callback's state key in checkpoint["callbacks
 BOUND_FIELDS = (("segments", "segments"), ("devices", "devices"),
                 ("optimizer_steps", "optimizer_steps"), ("tokens", "train_tokens"),
                 ("train_joules", "train_joules"), ("wasted_joules", "wasted_joules"),
-                ("saved_at", "created"), ("flags", "flags"), ("parent", "parent"))
+                ("saved_at", "created"), ("parent", "parent"))
+# and every flag of the state is in the record (which may add its own, e.g. "unmeasured")
 
 
 class ResumeRefused(ValueError):
@@ -57,6 +58,9 @@ def binding_problem(state: Mapping[str, Any], record: Any, key: bytes | None
     if signed is False and not unsigned:
         return f"its record's signature does not hold ({why})", []
     changed = [name for name, field in BOUND_FIELDS if state.get(name) != record.get(field)]
+    flags = record.get("flags") if isinstance(record.get("flags"), list) else []
+    if not set(map(str, state.get("flags") or [])) <= set(map(str, flags)):
+        changed.append("flags")
     if changed:
         return (f"its resumable state differs from its sealed record in {', '.join(changed)}"
                 " (the state was edited)"), []
@@ -69,8 +73,10 @@ def binding_problem(state: Mapping[str, Any], record: Any, key: bytes | None
 
 def check_resume(state: Mapping[str, Any], record: Any) -> list[str]:
     """`binding_problem` with the key from the environment: the flags a resume from this
-    state carries, or `ResumeRefused` (one line) when it must not resume."""
+    state carries on (the checked record's, and the resume's own), or `ResumeRefused`
+    (one line) when it must not resume."""
     problem, flags = binding_problem(state, record, signing_key())
     if problem:
         raise ResumeRefused(f"depth: refusing to resume from this checkpoint: {problem}")
-    return flags
+    earlier = record.get("flags") if isinstance(record, Mapping) else None
+    return [*(str(f) for f in earlier or []), *flags]

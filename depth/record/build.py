@@ -1,4 +1,9 @@
-"""A `Provenance` from a ledger state and the facts of the run that made it."""
+"""A `Provenance` from a ledger state and the facts of the run that made it.
+
+A history may be metered differently in each fit (an estimate, then NVML after a resume):
+each segment keeps the method of each of its devices, and the record names them all, in
+the order they were used, and weighs its uncertainty by the joules of each.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,44 @@ from typing import Any
 
 from depth.record.carbon import carbon_for
 from depth.record.provenance import Provenance, known_error
-from depth.record.uncertainty import uncertainty
+from depth.record.uncertainty import UNMEASURED, is_measured, uncertainty
+
+
+def segment_methods(segment: Mapping[str, Any], methods: Mapping[str, str],
+                    method: str) -> dict[str, str]:
+    """The method of each device of a segment: its own record of them, else its one
+    method, else (an older segment of several methods) the run's method of that device
+    when it is one of the segment's, else the segment's combined name."""
+    own = segment.get("methods") or {}
+    combined = str(segment.get("method") or method)
+    parts = combined.split("+")
+    out = {}
+    for device in segment.get("devices", {}):
+        if device in own:
+            out[device] = own[device]
+        elif len(parts) == 1:
+            out[device] = combined
+        else:
+            out[device] = methods[device] if methods.get(device) in parts else combined
+    return out
+
+
+def joules_by_method(state: Mapping[str, Any], methods: Mapping[str, str],
+                     method: str) -> tuple[dict[str, float], list[str]]:
+    """(joules per method over every segment, the methods in the order first used).
+
+    A state without segments (none written yet) counts its devices with `methods`."""
+    by_method: dict[str, float] = {}
+    order: list[str] = []
+    segments = state.get("segments") or [{"devices": state["devices"], "methods": {
+        d: methods.get(d, method) for d in state["devices"]}}]
+    for segment in segments:
+        of = segment_methods(segment, methods, method)
+        for device, joules in segment.get("devices", {}).items():
+            by_method[of[device]] = by_method.get(of[device], 0.0) + float(joules)
+        for m in sorted(set(of.values())) or [str(segment.get("method") or method)]:
+            order.extend(p for p in m.split("+") if p not in order)
+    return by_method, order
 
 
 def build_provenance(state: Mapping[str, Any], *, methods: Mapping[str, str], method: str,
@@ -19,9 +61,9 @@ def build_provenance(state: Mapping[str, Any], *, methods: Mapping[str, str], me
 
     Args:
         state: The ledger state, with ``flags`` (and ``parent``) added.
-        methods: How each device's joules were obtained; a device not named counts as
-            `method`.
-        method: The combined method (``a+b``).
+        methods: How each device's joules were obtained in this run; used for segments
+            that do not say so themselves.
+        method: This run's combined method (``a+b``), likewise.
         hardware: The run's hardware facts.
         sync: The CUDA synchronization mode.
         parameters: The trained module's parameter count.
@@ -31,19 +73,25 @@ def build_provenance(state: Mapping[str, Any], *, methods: Mapping[str, str], me
         parent: The parent's sealed record, unless `state` names one.
         weights_sha256: Digest of the saved weights.
     """
+    by_method, order = joules_by_method(state, methods, method)
+    combined = "+".join(order) or method
     train_joules = state["train_joules"]
-    facility = train_joules * pue if pue else None
-    by_method: dict[str, float] = {}
-    for device, joules in state["devices"].items():
-        m = methods.get(device, method)
-        by_method[m] = by_method.get(m, 0.0) + float(joules)
+    nothing_measured = order == [UNMEASURED]  # no 0 J figure, no 0 g CO2
+    facility = train_joules * pue if pue and not nothing_measured else None
+    flags = list(state.get("flags", []))
+    if UNMEASURED in order:
+        flags.append("unmeasured: " + ("no device" if nothing_measured else "some devices")
+                     + " ever gave a valid energy reading; "
+                     + ("there is no energy figure" if nothing_measured else
+                        "train_joules covers the others only, a lower bound"))
     return Provenance(
-        parameters=parameters, config_sha256=config_sha256, known_error=known_error(method),
+        parameters=parameters, config_sha256=config_sha256, known_error=known_error(combined),
         pue=pue, facility_joules=facility,
-        carbon=carbon_for(facility or train_joules, dict(intensity)) if intensity else None,
+        carbon=(carbon_for(facility or train_joules, dict(intensity))
+                if intensity and not nothing_measured else None),
         uncertainty=uncertainty(by_method), train_joules=train_joules,
         optimizer_steps=state["optimizer_steps"], train_tokens=state["tokens"],
-        devices=dict(state["devices"]), method=method, segments=list(state["segments"]),
-        wasted_joules=state["wasted_joules"], weights_sha256=weights_sha256,
-        created=state["saved_at"], hardware=dict(hardware), sync=sync,
-        flags=list(state.get("flags", [])), parent=state.get("parent", parent))
+        devices=dict(state["devices"]), method=combined, measured=is_measured(combined),
+        segments=list(state["segments"]), wasted_joules=state["wasted_joules"],
+        weights_sha256=weights_sha256, created=state["saved_at"], hardware=dict(hardware),
+        sync=sync, flags=list(dict.fromkeys(flags)), parent=state.get("parent", parent))

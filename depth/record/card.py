@@ -11,7 +11,7 @@ from collections import Counter
 from typing import Any
 
 from depth.record.provenance import Provenance
-from depth.record.uncertainty import is_measured
+from depth.record.uncertainty import is_measured, measurement_label
 
 
 def hardware_used(record: Provenance) -> str:
@@ -26,18 +26,29 @@ def hardware_used(record: Provenance) -> str:
 
 
 def card_metadata(record: Provenance) -> dict[str, Any]:
-    """The model-card metadata: ``co2_eq_emissions`` and ``depth``."""
-    carbon = record.carbon or {}
+    """The model-card metadata: ``co2_eq_emissions`` and ``depth``.
+
+    A record with nothing measured gets no energy figures and no emissions (rather than a
+    0 kWh and 0 g claim): ``measured: false`` and ``measurement`` say why.
+    """
+    carbon = {} if record.unmeasured else record.carbon or {}
+    none = record.unmeasured
     location = "/".join(x for x in (carbon.get("country_iso_code"), carbon.get("region")) if x)
     energy = {
-        "train_joules": record.train_joules, "train_kwh": record.train_kwh,
-        "depth_joules": record.depth_joules, "depth_kwh": record.depth_joules / 3.6e6,
+        "train_joules": None if none else record.train_joules,
+        "train_kwh": None if none else record.train_kwh,
+        "depth_joules": None if none else record.depth_joules,
+        "depth_kwh": None if none else record.depth_joules / 3.6e6,
         "facility_joules": record.facility_joules, "pue": record.pue,
         "optimizer_steps": record.optimizer_steps, "train_tokens": record.train_tokens,
         "parameters": record.parameters, "method": record.method,
-        "measured": is_measured(record.method),
+        "measured": is_measured(record.method) and record.measured is not False,
+        "measurement": measurement_label(record.method),
         "wasted_joules": record.wasted_joules, "weights_sha256": record.weights_sha256,
         "record_sha256": record.record_sha256, "known_error": record.known_error,
+        "uncertainty": record.uncertainty and {
+            "relative": record.uncertainty["relative"], "joules": record.uncertainty["joules"],
+            "methods": sorted(record.uncertainty.get("per_method", {}))},
     }
     meta: dict[str, Any] = {}
     if carbon.get("kg_co2eq") is not None:

@@ -28,6 +28,8 @@ KNOWN_ERRORS = {
     "rapl": "CPU package and DRAM counters: PSU losses, fans, disks and network not included",
     "estimate": "a model, not a measurement (TDP x load curve, RAM by size): expect errors of "
                 "tens of percent",
+    "unmeasured": "no valid reading: the meter failed from the start, so these devices' "
+                  "energy is missing, not zero",
 }
 
 
@@ -46,7 +48,12 @@ class Provenance:
         optimizer_steps: Optimizer steps at the save.
         train_tokens: Training tokens at the save (``None`` when not known).
         devices: Whole-history joules per device label.
-        method: How joules were obtained (``nvml-counter``, ``rapl``, ``estimate``, ...).
+        method: How joules were obtained (``nvml-counter``, ``rapl``, ``estimate``, ...):
+            every source of every segment, in the order first used (``estimate+nvml-counter``
+            after a resume with another meter); ``unmeasured`` for devices that never gave
+            a valid reading.
+        measured: Whether every part was measured (no ``estimate``, no ``unmeasured``);
+            ``None`` in records written before it was stated (see `is_measured`).
         segments: One entry per fit (and per wasted stretch): steps, joules, wall time,
             start/end, method, hardware.
         wasted_joules: The part of `train_joules` spent on work no checkpoint kept.
@@ -85,6 +92,7 @@ class Provenance:
     weights_sha256: str | None
     created: str
     hardware: dict[str, Any] = field(default_factory=dict)
+    measured: bool | None = None
     parent: dict[str, Any] | None = None
     sync: str = "none"
     attribution: str = ATTRIBUTION
@@ -105,6 +113,11 @@ class Provenance:
         return self.train_joules / 3.6e6
 
     @property
+    def unmeasured(self) -> bool:
+        """Nothing was measured: the meter never gave a valid reading (its 0 J is no figure)."""
+        return self.method == "unmeasured"
+
+    @property
     def depth_joules(self) -> float:
         """The model's depth: its own training joules plus every ancestor's (lineage)."""
         from depth.record.lineage import depth_joules
@@ -113,7 +126,7 @@ class Provenance:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["train_kwh"] = self.train_kwh
+        data["train_kwh"] = None if self.unmeasured else self.train_kwh
         data["depth_joules"] = self.depth_joules
         return data
 

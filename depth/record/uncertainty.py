@@ -4,8 +4,9 @@ The relative bounds below are *assumed*, per method, from what is known about ea
 source (docs/method.md gives the reasons); none has yet been measured by depth on real
 hardware. `scripts/gpu_suite.py` measures how the NVML counter agrees with independent
 power integration; when a dated measurement exists, the bound here should follow it.
-A figure from several sources gets the joule-weighted mean of their bounds: the worst
-case, where every source errs the same way.
+A figure from several sources (several meters, or a history metered differently in each
+fit) gets the joule-weighted mean of their bounds: the worst case, where every source errs
+the same way. A figure with an ``unmeasured`` part has no bound: that part is missing.
 """
 
 from __future__ import annotations
@@ -22,13 +23,24 @@ RELATIVE_BOUNDS: dict[str, tuple[float, str]] = {
     "rapl": (0.10, "assumed: package and DRAM counters only; no PSU, fans, disks, network"),
     "estimate": (0.50, "assumed: a model (TDP x load curve, RAM by size), not a measurement"),
 }
+UNMEASURED = "unmeasured"  # as depth.accounting.reader.UNMEASURED: no valid reading at all
+NOT_MEASURED = ("estimate", UNMEASURED)
 BASIS = ("assumed per-method bounds (depth.record.uncertainty.RELATIVE_BOUNDS), weighted by each "
          "source's joules; not yet measured on this hardware")
 
 
 def is_measured(method: str) -> bool:
-    """Whether a (possibly combined, ``a+b``) method measured every part: no ``estimate``."""
-    return "estimate" not in method.split("+")
+    """Whether a (possibly combined, ``a+b``) method measured every part: no ``estimate``
+    and no ``unmeasured`` part."""
+    return not any(part in NOT_MEASURED for part in method.split("+"))
+
+
+def measurement_label(method: str) -> str:
+    """``measured``, ``ESTIMATED: no sensor`` or ``UNMEASURED: no valid reading``, for
+    displays of a (possibly combined) method."""
+    if UNMEASURED in method.split("+"):
+        return "UNMEASURED: no valid reading" + ("" if method == UNMEASURED else " from some")
+    return "measured" if is_measured(method) else "ESTIMATED: no sensor"
 
 
 def relative_bound(method: str) -> float | None:

@@ -1,17 +1,22 @@
 """Does a checkpoint still match its energy record? Tamper evidence, and with a key, proof.
 
 Two digests are checked: ``weights_sha256`` (the saved state_dict, recomputed here) and
-``record_sha256`` (the record itself). Checkpoints are loaded with
-``torch.load(weights_only=True)``: a checkpoint being verified is not yet trusted, so no
-code in it runs unless the caller says so (`trust`). With ``DEPTH_SIGNING_KEY`` set, the
-record's signature is checked too (`depth.record.signing`), and the callback state a resume
-would continue must equal the record (`depth.record.binding`).
+``record_sha256`` (the record itself); and every joule figure must be a finite number
+>= 0 (a record sealed with NaN joules is consistent, but no measurement). Checkpoints are
+loaded with ``torch.load(weights_only=True)``: a checkpoint being verified is not yet
+trusted, so no code in it runs unless the caller says so (`trust`). With
+``DEPTH_SIGNING_KEY`` set, the record's signature is checked too (`depth.record.signing`),
+and the callback state a resume would continue must equal the record
+(`depth.record.binding`).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from depth.record.checkpoint_io import load_checkpoint
 from depth.record.digest import CHECKPOINT_KEY, record_sha256, weights_sha256
@@ -25,6 +30,32 @@ class Verdict:
 
     status: int
     reason: str
+
+
+def _joule_fields(record: Mapping[str, Any], at: str = "") -> Iterator[tuple[str, Any]]:
+    """(field path, value) of every joule figure of a record, its parents' included."""
+    for key in ("train_joules", "wasted_joules", "facility_joules", "depth_joules"):
+        if record.get(key) is not None:
+            yield at + key, record[key]
+    for device, joules in (record.get("devices") or {}).items():
+        yield f"{at}devices.{device}", joules
+    for i, segment in enumerate(record.get("segments") or []):
+        if isinstance(segment, Mapping):
+            yield f"{at}segments[{i}].joules", segment.get("joules")
+            for device, joules in (segment.get("devices") or {}).items():
+                yield f"{at}segments[{i}].devices.{device}", joules
+    if isinstance(record.get("parent"), Mapping):
+        yield from _joule_fields(record["parent"], at + "parent.")
+
+
+def bad_joules(record: Mapping[str, Any]) -> str | None:
+    """The first joule figure of a record that is not a finite number >= 0, as
+    ``field = value``; ``None`` when every one is."""
+    for field, value in _joule_fields(record):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (ok and math.isfinite(value) and value >= 0):
+            return f"{field} = {value!r}"
+    return None
 
 
 def verify_checkpoint(path: str | Path, trust: bool = False) -> Verdict:
@@ -43,6 +74,10 @@ def verify_checkpoint(path: str | Path, trust: bool = False) -> Verdict:
     if record_sha256(record) != expected_record:
         return Verdict(MISMATCH, f"{path}: the record was edited after it was written "
                                  "(record_sha256 does not match its content)")
+    bad = bad_joules(record)
+    if bad is not None:
+        return Verdict(MISMATCH, f"{path}: the record's {bad} is not energy (joules must be "
+                                 "finite and >= 0): a meter fault was recorded as a measurement")
     state_dict = checkpoint.get("state_dict")
     if not isinstance(state_dict, dict):
         return Verdict(MISMATCH, f"{path} has no state_dict to check the weights against")

@@ -69,12 +69,13 @@ def collect(client: Any, tracking_uri: str, experiment_id: str, all_checkpoints:
         record = read_provenance(m.model_id, tracking_uri=tracking_uri)
         j_token = _metric(m, "inference/joules_per_token")
         train_wh = record.train_joules / physics.J_PER_WH
+        depth_j = None if record.unmeasured else record.depth_joules  # no figure, not 0
         row = {
             "model": m.name, "model_id": m.model_id, "run": m.source_run_id,
             "step": int(m.tags["depth.step"]),
-            "depth_kwh": record.depth_joules / 3.6e6,
-            "depth_joules": record.depth_joules,
-            "j_per_param": record.depth_joules / record.parameters if record.parameters else None,
+            "depth_kwh": None if depth_j is None else depth_j / 3.6e6,
+            "depth_joules": depth_j,
+            "j_per_param": depth_j / record.parameters if depth_j and record.parameters else None,
             "train_tokens_per_wh": (record.train_tokens / train_wh
                                     if record.train_tokens and train_wh > 0 else None),
             "inference_tokens_per_wh": _metric(m, "inference/tokens_per_wh"),
@@ -82,9 +83,9 @@ def collect(client: Any, tracking_uri: str, experiment_id: str, all_checkpoints:
             "best_batch": _metric(m, "inference/best_batch_size"),
             "ceiling_fraction": _metric(m, "inference/ceiling_fraction"),
             "landauer_ratio": _metric(m, "inference/landauer_ratio"),
-            "break_even_tokens": (record.depth_joules / j_token) if j_token else None,
+            "break_even_tokens": (depth_j / j_token) if j_token and depth_j else None,
             "method": record.method,
-            "measured": is_measured(record.method),
+            "measured": is_measured(record.method) and record.measured is not False,
         }
         out.append((row, m))
     out.sort(key=lambda pair: (pair[0]["model"], pair[0]["step"]))
@@ -149,7 +150,7 @@ def _plot_amortization(pairs: list[tuple[dict[str, Any], Any]], path: Path) -> N
     drawn = False
     for row, _ in pairs:
         e = row["inference_j_per_token"]
-        if not e:
+        if not e or row["depth_joules"] is None:
             continue
         even = row["break_even_tokens"]
         n = np.logspace(np.log10(max(1.0, even / 1e4)), np.log10(even * 1e3), 200)
@@ -225,16 +226,16 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """The rows as an aligned text table."""
     def fmt(value: Any, kind: str) -> str:
         if value is None:
-            return "-"
+            return "unmeasured" if kind == "kwh" else "-"
         if kind == "pct":
             return f"{value:.1%}" if value >= 0.001 else f"{value:.2e}"
         if kind == "int":
             return f"{value:,.0f}"
-        if kind == "g":
+        if kind in ("g", "kwh"):
             return f"{value:.3g}"
         return str(value)
 
-    spec = [("model", "model", "s"), ("depth kWh", "depth_kwh", "g"),
+    spec = [("model", "model", "s"), ("depth kWh", "depth_kwh", "kwh"),
             ("J/param", "j_per_param", "g"), ("train tok/Wh", "train_tokens_per_wh", "int"),
             ("infer tok/Wh", "inference_tokens_per_wh", "int"), ("batch", "best_batch", "int"),
             ("ceiling", "ceiling_fraction", "pct"), ("x Landauer", "landauer_ratio", "g"),

@@ -18,14 +18,23 @@ RUN_ARTIFACT = "depth/provenance.json"
 MODEL_ARTIFACT = "depth_provenance.json"
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 TAG_FIELDS = ("train_joules", "train_kwh", "optimizer_steps", "train_tokens", "method",
-              "weights_sha256", "wasted_joules", "record_sha256")
+              "measured", "weights_sha256", "wasted_joules", "record_sha256")
+UNMEASURED = "unmeasured"  # a record's method when no device gave a valid reading
 
 
 def depth_tags(record: Mapping[str, Any]) -> dict[str, str]:
-    """``depth.<field>`` tags (strings, as MLflow stores them) for a record."""
+    """``depth.<field>`` tags (strings, as MLflow stores them) for a record; an unmeasured
+    record's energy tags say ``unmeasured``, not 0."""
     tags = {}
+    unmeasured = record.get("method") == UNMEASURED
     for field in TAG_FIELDS:
         value = record.get(field)
+        if unmeasured and field in ("train_joules", "train_kwh"):
+            tags[f"depth.{field}"] = UNMEASURED
+            continue
+        if isinstance(value, bool):
+            tags[f"depth.{field}"] = str(value).lower()
+            continue
         if field == "train_kwh" and value is None and "train_joules" in record:
             value = record["train_joules"] / 3.6e6
         tags[f"depth.{field}"] = "unknown" if value is None else (
@@ -63,11 +72,12 @@ def publish_checkpoint(client: Any, run_id: str, record: Mapping[str, Any], step
         (Path(tmp) / MODEL_ARTIFACT).write_text(text)
         client.log_model_artifacts(model.model_id, tmp)
     now_ms = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[
-        Metric("depth.train_joules", float(record["train_joules"]), now_ms, step,
-               model_id=model.model_id),
-        Metric("depth.train_kwh", float(record["train_joules"]) / 3.6e6, now_ms, step,
-               model_id=model.model_id)])
+    if record.get("method") != UNMEASURED:  # no energy figure: no 0 J metric
+        client.log_batch(run_id, metrics=[
+            Metric("depth.train_joules", float(record["train_joules"]), now_ms, step,
+                   model_id=model.model_id),
+            Metric("depth.train_kwh", float(record["train_joules"]) / 3.6e6, now_ms, step,
+                   model_id=model.model_id)])
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
     client.finalize_logged_model(model.model_id, "READY")
     return model.model_id

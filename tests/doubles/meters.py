@@ -50,3 +50,54 @@ class ClockMeter:
 
     def close(self) -> None:
         self.closed = True
+
+
+class ScriptedMeter:
+    """Returns the readings it is given, one per read, then goes on by `tail_j` per read.
+
+    Each reading is a number (for `device`), a dict of readings per device, or an
+    exception instance, which that read raises. Readings may be anything a broken meter
+    returns (NaN, inf, negative, a decrease, a huge jump). After the script, each read adds
+    `tail_j` to the last numeric reading (``None``: every later read raises `fail_with`).
+    """
+
+    def __init__(self, readings: list[object], device: str = "gpu:0",
+                 method: str = "test-script", tail_j: float | None = 10.0,
+                 fail_with: BaseException | None = None,
+                 hardware: Mapping[str, object] | None = None):
+        self.script = list(readings)
+        self.device = device
+        self.method = method
+        self.tail_j = tail_j
+        self.fail_with = fail_with or MeterReadError(device, "GPU is lost")
+        self._hardware = dict(hardware or {})
+        self.reads = 0
+        self.returned: list[object] = []  # what each read gave (or raised)
+        self._last = 0.0
+        self.closed = False
+
+    def devices(self) -> list[str]:
+        return [self.device]
+
+    def read(self) -> dict[str, float]:
+        self.reads += 1
+        if self.script:
+            item = self.script.pop(0)
+        elif self.tail_j is None:
+            item = self.fail_with
+        else:
+            item = self._last + self.tail_j
+        self.returned.append(item)
+        if isinstance(item, BaseException):
+            raise item
+        values = item if isinstance(item, dict) else {self.device: item}
+        value = values.get(self.device)
+        if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0:
+            self._last = float(value)
+        return dict(values)  # type: ignore[arg-type]
+
+    def hardware(self) -> dict[str, object]:
+        return dict(self._hardware)
+
+    def close(self) -> None:
+        self.closed = True

@@ -44,6 +44,7 @@ class FakeGpu:
     Attributes:
         energy_mj: The total-energy counter; ``None`` means the GPU has none (pre-Volta).
         power_mw: What power queries answer.
+        power_limit_mw: The enforced power limit; ``None``: NVML cannot say.
         instant_field: Whether the POWER_INSTANT field is supported.
         lost: Every query fails with GPU_IS_LOST once set.
     """
@@ -52,6 +53,7 @@ class FakeGpu:
     uuid: str = "GPU-00000000-0000-0000-0000-000000000000"
     energy_mj: float | None = 0.0
     power_mw: float = 100_000.0
+    power_limit_mw: float | None = 700_000.0
     instant_field: bool = True
     lost: bool = False
     calls: dict[str, int] = field(default_factory=dict)
@@ -116,6 +118,12 @@ class FakeNvml:
     def nvmlDeviceGetPowerUsage(self, handle: FakeGpu) -> int:
         handle.count("power_usage")
         return int(handle.power_mw)
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: FakeGpu) -> int:
+        handle.count("power_limit")
+        if handle.power_limit_mw is None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return int(handle.power_limit_mw)
 
     def nvmlDeviceGetFieldValues(self, handle: FakeGpu, field_ids: list[int]) -> list:
         handle.count("field_values")
