@@ -40,10 +40,10 @@ def held_out_loss(module: Any, recipe: Mapping[str, Any] | None, batches: int) -
     return sum(losses) / len(losses) if losses else None
 
 
-def _eval_meter(device: torch.device, meter: str) -> Any:
+def _eval_meter(device: torch.device, meter: Any) -> Any:
     from depth.meters import auto_meter, make_meter
 
-    if meter != "auto":
+    if not isinstance(meter, str) or meter != "auto":
         return make_meter(meter)
     if device.type == "cuda":
         return auto_meter([device.index or 0], cpu="off")
@@ -73,11 +73,22 @@ def physics_of(result: Mapping[str, Any], vocab_size: int, loss_nats: float | No
     return out
 
 
-def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: str = "auto",
+def energy_basis(meter: Any) -> dict[str, Any] | None:
+    """How an estimating meter (alone or inside a combined one) models its joules: e.g.
+    that it bills this process's CPU time x TDP share, not the machine's load."""
+    for m in getattr(meter, "meters", [meter]):
+        if getattr(m, "basis", None):
+            return dict(m.basis)
+    return None
+
+
+def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: Any = "auto",
              hardware: str | None = None, temperature_k: float = 300.0, loss_batches: int = 8,
              tracking_uri: str | None = None, log: bool = True, trust: bool = False,
              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Measures the model at `source`; returns one JSON-ready object (see `depth eval`)."""
+    """Measures the model at `source`; returns one JSON-ready object (see `depth eval`).
+
+    `meter` is ``"auto"``, a meter name, or an `EnergyMeter` (closed when done)."""
     from depth.serving.models import load_model
 
     loaded = load_model(source, tracking_uri=tracking_uri, trust=trust, find_in_mlflow=log)
@@ -87,6 +98,7 @@ def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: 
     try:
         result = measure(loaded.module, energy.read, config, loaded.vocab_size, dev,
                          method=energy.method, progress=progress).to_dict()
+        result["energy_basis"] = energy_basis(energy)
     finally:
         energy.close()
     device_hw = None
@@ -145,7 +157,10 @@ def log_inference(tracking_uri: str, model_id: str, result: Mapping[str, Any]) -
     for b in result["batches"]:
         metrics += [("inference/tokens_per_wh_by_batch", b["tokens_per_wh"], b["batch_size"]),
                     ("inference/prefill_joules_by_batch", b["prefill_joules"], b["batch_size"]),
-                    ("inference/decode_joules_by_batch", b["decode_joules"], b["batch_size"])]
+                    ("inference/decode_joules_by_batch", b["decode_joules"], b["batch_size"]),
+                    ("inference/spread_ratio_by_batch", b["spread_ratio"], b["batch_size"]),
+                    ("inference/attempts_by_batch", b["attempts"], b["batch_size"]),
+                    ("inference/unstable_by_batch", float(b["unstable"]), b["batch_size"])]
         if b["net_tokens_per_wh"] is not None:
             metrics.append(("inference/net_tokens_per_wh_by_batch", b["net_tokens_per_wh"],
                             b["batch_size"]))
@@ -157,7 +172,9 @@ def log_inference(tracking_uri: str, model_id: str, result: Mapping[str, Any]) -
     _log_model_metrics(tracking_uri, model_id, metrics, {
         "depth.inference_method": result["method"], "depth.inference_device": result["device"],
         "depth.inference_dtype": result["dtype"],
-        "depth.inference_measured": str(result["measured"]).lower()})
+        "depth.inference_measured": str(result["measured"]).lower(),
+        "depth.inference_unstable_batches": ",".join(map(str, result["unstable_batches"]))
+        or "none"})
 
 
 def inference_j_per_token(source: str, tracking_uri: str | None = None) -> tuple[float, str]:
