@@ -171,16 +171,22 @@ def run_amortize(args: Namespace) -> int:
     print(f"depth amortize: {args.source}")
     rows = [("depth (training, with parents)", f"{result['depth_joules']:,.1f} J"),
             ("inference", f"{result['inference_j_per_token']:.4g} J/token "
-                          f"({result['inference_from']})"),
+                          + ("(SUPPLIED with --joules-per-token, not measured)"
+                             if result["inference_source"] == "supplied" else
+                             f"({result['inference_source']} by depth eval: "
+                             f"{result['inference_from']})")),
             ("served tokens", f"{result['served_tokens']:,.0f}"),
             ("amortized", f"{result['amortized_j_per_token']:.4g} J/token "
                           f"({result['training_share']:.1%} of it training)"),
             ("break-even", f"{result['break_even_tokens']:,.0f} served tokens"
-             + (f" = {result['break_even_days']:,.1f} days at the given rate"
-                if result["break_even_days"] is not None else "")),
+             + (f" = {result['break_even_duration']} at the given rate"
+                if result["break_even_duration"] is not None else "")),
             ("method", result["method"])]
     for name, value in rows:
         print(f"  {name:<31} {value}")
+    if result["logged_model"]:
+        print(f"  kept on LoggedModel {result['logged_model']} as depth.amortize.* tags "
+              "(replacing the previous scenario)")
     return 0
 
 
