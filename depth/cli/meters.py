@@ -134,5 +134,5 @@ def _print_reading(result: dict[str, Any]) -> None:
     for flag in result["flags"]:
         print(f"  note: {flag}")
     if not result["measured"]:
-        print("  'estimate' rows are CodeCarbon model estimates (TDP x load curve, RAM by size),"
-              " not measurements.")
+        print("  'estimate' rows are CodeCarbon model estimates (TDP x this process's CPU-time"
+              " share, RAM by size), not measurements.")

@@ -28,6 +28,10 @@ def declare_eval(p: ArgumentParser) -> None:
                    help="Shortest measuring window (NVML's counter refreshes every ~100 ms).")
     p.add_argument("--idle-s", type=float, default=2.0,
                    help="Seconds of idle power measured first (0: no net figures).")
+    p.add_argument("--max-spread", type=float, default=1.25,
+                   help="Largest max/min ratio of a batch's repeats that counts as stable.")
+    p.add_argument("--remeasures", type=int, default=2,
+                   help="Times an unstable batch size is measured again before it is flagged.")
     p.add_argument("--device", type=str, default=None, help="cuda, cuda:1 or cpu.")
     p.add_argument("--meter", type=str, default="auto", help="auto or a meter name.")
     p.add_argument("--hardware", type=str, default=None,
@@ -56,7 +60,8 @@ def run_eval(args: Namespace) -> int:
                             new_tokens=args.new_tokens,
                             dtype=args.dtype or ("bf16" if cuda else "fp32"),
                             repeats=args.repeats, min_window_s=args.min_window_s,
-                            idle_s=args.idle_s)
+                            idle_s=args.idle_s, max_spread=args.max_spread,
+                            remeasures=args.remeasures)
     except ValueError as err:
         raise UsageError(str(err)) from None
 
@@ -82,21 +87,33 @@ def _print_eval(result: dict[str, Any]) -> None:
     if result.get("uncertainty"):
         print(f"  uncertainty +/-{result['uncertainty']['relative']:.0%} on every energy figure "
               "(assumed for the method, not measured here)")
+    basis = result.get("energy_basis") or {}
+    if basis.get("attribution") == "process":
+        print("  CPU joules: this process's CPU time x TDP share (other processes' work is "
+              "not billed; idle power is not included)")
     if result["idle_w"] is not None:
         print(f"  idle power {result['idle_w']:.1f} W")
     print(f"  {'batch':>6} {'tokens':>8} {'joules':>10} {'seconds':>9} {'tokens/Wh':>12} "
-          f"{'(min-max)':>21} {'net tok/Wh':>11} {'prefill J':>10} {'decode J':>10}")
+          f"{'(min-max)':>21} {'net tok/Wh':>11} {'prefill J':>10} {'decode J':>10} "
+          f"{'spread':>8}")
     for b in result["batches"]:
         low, high = b["tokens_per_wh_spread"]
         net = "-" if b["net_tokens_per_wh"] is None else f"{b['net_tokens_per_wh']:,.0f}"
+        spread = f"x{b['spread_ratio']:.3g}" + (" UNSTABLE" if b["unstable"] else "")
         print(f"  {b['batch_size']:>6} {b['tokens']:>8} {b['joules']:>10.4g} "
               f"{b['seconds']:>9.4f} {b['tokens_per_wh']:>12,.0f} "
               f"{f'{low:,.0f}-{high:,.0f}':>21} {net:>11} {b['prefill_joules']:>10.4g} "
-              f"{b['decode_joules']:>10.4g}")
+              f"{b['decode_joules']:>10.4g} {spread:>8}")
+    for b in result["batches"]:
+        if b["unstable"]:
+            print(f"  UNSTABLE batch {b['batch_size']}: its {b['repeats']} repeats spread "
+                  f"x{b['spread_ratio']:.3g} (max/min) in each of {b['attempts']} attempts; "
+                  "its figures are not reliable (a busy machine?)")
     if result.get("stopped"):
         print(f"  sweep stopped: {result['stopped']}")
     phys = result["physics"]
-    print(f"  best: batch {result['best_batch_size']}, {result['tokens_per_wh']:,.0f} tokens/Wh,"
+    print(f"  best{' (UNSTABLE)' if result['best_unstable'] else ''}: batch "
+          f"{result['best_batch_size']}, {result['tokens_per_wh']:,.0f} tokens/Wh,"
           f" {result['joules_per_token']:.4g} J/token, "
           f"{phys['wh_per_million_tokens']:.4g} Wh per million tokens")
     if "ceiling_fraction" in phys:
@@ -154,16 +171,22 @@ def run_amortize(args: Namespace) -> int:
     print(f"depth amortize: {args.source}")
     rows = [("depth (training, with parents)", f"{result['depth_joules']:,.1f} J"),
             ("inference", f"{result['inference_j_per_token']:.4g} J/token "
-                          f"({result['inference_from']})"),
+                          + ("(SUPPLIED with --joules-per-token, not measured)"
+                             if result["inference_source"] == "supplied" else
+                             f"({result['inference_source']} by depth eval: "
+                             f"{result['inference_from']})")),
             ("served tokens", f"{result['served_tokens']:,.0f}"),
             ("amortized", f"{result['amortized_j_per_token']:.4g} J/token "
                           f"({result['training_share']:.1%} of it training)"),
             ("break-even", f"{result['break_even_tokens']:,.0f} served tokens"
-             + (f" = {result['break_even_days']:,.1f} days at the given rate"
-                if result["break_even_days"] is not None else "")),
+             + (f" = {result['break_even_duration']} at the given rate"
+                if result["break_even_duration"] is not None else "")),
             ("method", result["method"])]
     for name, value in rows:
         print(f"  {name:<31} {value}")
+    if result["logged_model"]:
+        print(f"  kept on LoggedModel {result['logged_model']} as depth.amortize.* tags "
+              "(replacing the previous scenario)")
     return 0
 
 

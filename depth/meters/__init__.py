@@ -169,9 +169,10 @@ def _cpu_meter(cpu: str, powercap_root: Path, sources: list[Source],
     except MeterUnavailable as err:
         sources.append(Source("estimate", False, str(err)))
         return None
-    sources.append(Source("estimate", True, f"{reason}; CodeCarbon model: "
-                          f"{meter.basis['cpu_model']}, TDP {meter.tdp_w:g} W "
-                          f"({meter.basis['tdp_source']}), RAM {meter.ram_power_w:g} W",
+    sources.append(Source("estimate", True, f"{reason}; CodeCarbon model, this process's "
+                          f"CPU time x TDP share: {meter.basis['cpu_model']}, "
+                          f"TDP {meter.tdp_w:g} W ({meter.basis['tdp_source']}), "
+                          f"RAM {meter.ram_power_w:g} W",
                           meter.devices()))
     return meter
 

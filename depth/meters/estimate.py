@@ -1,21 +1,24 @@
 """A labelled estimate of CPU and RAM energy for machines with no energy sensor.
 
-Uses CodeCarbon's models (codecarbon >= 3, "machine" tracking):
+Uses CodeCarbon's models (codecarbon >= 3; the CPU as in its "process" tracking mode):
 
 - CPU: the TDP of the detected CPU from CodeCarbon's table (or its default of 4 W per
-  thread when the model is unknown), scaled by machine-wide CPU load with CodeCarbon's
-  curve ``P = TDP * (0.1 + 0.9 * load**3)``;
-- RAM: CodeCarbon's constant DIMM-count model for the machine's memory size.
+  thread when the model is unknown), times *this process's* share of the machine's CPU
+  capacity, as CodeCarbon's "process" mode does: ``P = TDP * cpu_s / (wall_s * n_cpus)``,
+  where ``cpu_s`` is the CPU time of this process and its children (psutil). Another
+  process's work on the same machine is not billed to this one; neither is idle power;
+- RAM: CodeCarbon's constant DIMM-count model for the machine's memory size (the whole
+  machine's RAM, not this process's share).
 
-A background thread samples the load every `period_s` from ``/proc/stat`` deltas (its
-own baseline, so other users of ``psutil.cpu_percent`` cannot disturb it) and integrates.
+A background thread samples the CPU time every `period_s` and integrates.
 ``read()`` copies two floats under a lock: microseconds, never a blocking measurement.
-These are estimates, not measurements: TDP is not power, and load is not energy.
+These are estimates, not measurements: TDP is not power, and CPU time is not energy.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -25,31 +28,63 @@ from typing import Any, Iterator
 from depth.meters.base import BackgroundSampler, MeterUnavailable
 
 
-def cpu_power_w(tdp_w: float, load: float) -> float:
-    """CodeCarbon's machine-mode CPU power for a load in [0, 1]."""
-    load = min(max(load, 0.0), 1.0)
-    return tdp_w * (0.1 + 0.9 * load**3)
+ATTRIBUTION = ("process CPU time x TDP share: P = TDP * cpu_s / (wall_s * n_cpus), cpu_s of "
+               "this process and its children (psutil); other processes are not billed")
 
 
-class CpuLoad:
-    """Machine-wide CPU busy fraction between successive calls, from ``psutil.cpu_times``."""
+def cpu_power_w(tdp_w: float, share: float) -> float:
+    """CodeCarbon's process-mode CPU power for a share of the machine's CPUs (>= 0).
 
-    def __init__(self) -> None:
+    Not capped at 1: a reaped child's CPU time arrives in one lump, and the joules must
+    still add up to TDP x cpu_s / n_cpus over the run."""
+    return tdp_w * max(share, 0.0)
+
+
+class ProcessCpuLoad:
+    """This process's (and its children's) share of the machine's CPU capacity between
+    successive calls: CPU seconds over wall seconds times logical CPUs.
+
+    Args:
+        children_every_s: How often the child-process tree is listed again; listing reads
+            every ``/proc/<pid>``, too slow for every sample on a busy node. A child born
+            in between is counted from the next listing on, its earlier CPU time included.
+    """
+
+    def __init__(self, children_every_s: float = 1.0) -> None:
         import psutil
 
-        self._cpu_times = psutil.cpu_times
-        self._last = self._totals()
+        self._psutil = psutil
+        self._process = psutil.Process()
+        self._cpus = psutil.cpu_count() or 1
+        self._children_every_s = children_every_s
+        self._children: list[Any] = []
+        self._listed_at = -math.inf
+        self._last = (time.monotonic(), self._cpu_s())
 
-    def _totals(self) -> tuple[float, float]:
-        t = self._cpu_times()
-        idle = t.idle + getattr(t, "iowait", 0.0)
-        return sum(t), idle
+    def _cpu_s(self) -> float:
+        """User + system seconds of this process, its reaped children, and its live ones."""
+        now = time.monotonic()
+        if now - self._listed_at >= self._children_every_s:
+            try:
+                self._children = self._process.children(recursive=True)
+            except self._psutil.Error:
+                self._children = []
+            self._listed_at = now
+        t = self._process.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in self._children:
+            try:
+                c = child.cpu_times()
+            except self._psutil.Error:  # exited: its time moves to children_* once reaped
+                continue
+            total += c.user + c.system
+        return total
 
     def __call__(self) -> float:
-        total, idle = self._totals()
-        d_total, d_idle = total - self._last[0], idle - self._last[1]
-        self._last = (total, idle)
-        return 0.0 if d_total <= 0 else 1.0 - d_idle / d_total
+        now, cpu_s = time.monotonic(), self._cpu_s()
+        wall_s, used_s = now - self._last[0], cpu_s - self._last[1]
+        self._last = (now, cpu_s)
+        return 0.0 if wall_s <= 0 else max(used_s / (wall_s * self._cpus), 0.0)
 
 
 @contextmanager
@@ -94,9 +129,9 @@ class EstimateMeter:
         tdp_w: CPU TDP in watts; looked up through CodeCarbon when ``None``.
         ram_power_w: RAM power in watts; CodeCarbon's model when ``None``.
         include_dram: Whether ``dram:0`` is reported.
-        period_s: Load sampling period of the background thread.
-        cpu_load: A callable returning the busy fraction since its previous call
-            (defaults to `CpuLoad`); injectable for tests.
+        period_s: CPU-time sampling period of the background thread.
+        cpu_load: A callable returning this process's share of the machine's CPUs since
+            its previous call (defaults to `ProcessCpuLoad`); injectable for tests.
     """
 
     method = "estimate"
@@ -126,12 +161,12 @@ class EstimateMeter:
         self.include_dram = include_dram
         self.basis: dict[str, Any] = {
             "cpu_model": cpu_model, "tdp_w": self.tdp_w, "tdp_source": tdp_source,
-            "cpu_model_formula": "P = TDP * (0.1 + 0.9 * load^3), machine-wide load (CodeCarbon)",
+            "cpu_model_formula": ATTRIBUTION, "attribution": "process",
             "ram_power_w": self.ram_power_w if include_dram else None,
             "ram_source": "CodeCarbon RAM model (DIMM count from memory size)" if include_dram
             else None,
         }
-        self._load = cpu_load if cpu_load is not None else CpuLoad()
+        self._load = cpu_load if cpu_load is not None else ProcessCpuLoad()
         self._lock = threading.Lock()
         self._t0 = self._t_last = time.monotonic()
         self._cpu_j = 0.0
@@ -142,7 +177,7 @@ class EstimateMeter:
         return ["cpu:0", "dram:0"] if self.include_dram else ["cpu:0"]
 
     def _sample(self) -> None:
-        load = self._load()  # busy fraction over [t_last, now]
+        load = self._load()  # this process's share over [t_last, now]
         now = time.monotonic()
         power_w = cpu_power_w(self.tdp_w, load)
         with self._lock:

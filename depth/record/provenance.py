@@ -26,8 +26,8 @@ KNOWN_ERRORS = {
     "nvml-power": "power sampled at 20 Hz and integrated: variation faster than 50 ms is "
                   "missed, and nvmlDeviceGetPowerUsage is a ~1 s average on many boards",
     "rapl": "CPU package and DRAM counters: PSU losses, fans, disks and network not included",
-    "estimate": "a model, not a measurement (TDP x load curve, RAM by size): expect errors of "
-                "tens of percent",
+    "estimate": "a model, not a measurement (TDP x this process's CPU-time share, RAM by "
+                "size): expect errors of tens of percent",
     "unmeasured": "no valid reading: the meter failed from the start, so these devices' "
                   "energy is missing, not zero",
 }

@@ -21,7 +21,8 @@ RELATIVE_BOUNDS: dict[str, tuple[float, str]] = {
     "nvml-power": (0.15, "assumed: 20 Hz sampling misses faster changes; PowerUsage is a ~1 s "
                          "average on many boards"),
     "rapl": (0.10, "assumed: package and DRAM counters only; no PSU, fans, disks, network"),
-    "estimate": (0.50, "assumed: a model (TDP x load curve, RAM by size), not a measurement"),
+    "estimate": (0.50, "assumed: a model (TDP x this process's CPU-time share, RAM by size), "
+                       "not a measurement"),
 }
 UNMEASURED = "unmeasured"  # as depth.accounting.reader.UNMEASURED: no valid reading at all
 NOT_MEASURED = ("estimate", UNMEASURED)

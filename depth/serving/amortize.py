@@ -73,3 +73,20 @@ def amortize(train_joules: float, inference_j_per_token: float, served_tokens: f
         break_even_tokens=even,
         break_even_days=even / tokens_per_day if tokens_per_day else None,
         tokens_per_day=tokens_per_day)
+
+
+DURATION_UNITS_S = (("years", 365.25 * 86400), ("days", 86400.0), ("hours", 3600.0),
+                    ("minutes", 60.0))
+
+
+def duration_text(days: float) -> str:
+    """A duration in days in the largest unit it fills: ``7.77 seconds``, ``3.2 hours``,
+    ``45.2 days``, ``1,234 years``; three significant digits below 100."""
+    seconds = days * 86400.0
+    unit, value = "seconds", seconds
+    for name, size_s in DURATION_UNITS_S:
+        if seconds >= size_s:
+            unit, value = name, seconds / size_s
+            break
+    number = f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+    return f"{number} {unit[:-1] if number == '1' else unit}"

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from depth.serving import physics
-from depth.serving.amortize import amortize
+from depth.serving.amortize import amortize, duration_text
 from depth.serving.inference import EvalConfig, measure
 
 EVAL_SUFFIX = ".depth-eval.json"
@@ -40,10 +40,10 @@ def held_out_loss(module: Any, recipe: Mapping[str, Any] | None, batches: int) -
     return sum(losses) / len(losses) if losses else None
 
 
-def _eval_meter(device: torch.device, meter: str) -> Any:
+def _eval_meter(device: torch.device, meter: Any) -> Any:
     from depth.meters import auto_meter, make_meter
 
-    if meter != "auto":
+    if not isinstance(meter, str) or meter != "auto":
         return make_meter(meter)
     if device.type == "cuda":
         return auto_meter([device.index or 0], cpu="off")
@@ -73,11 +73,22 @@ def physics_of(result: Mapping[str, Any], vocab_size: int, loss_nats: float | No
     return out
 
 
-def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: str = "auto",
+def energy_basis(meter: Any) -> dict[str, Any] | None:
+    """How an estimating meter (alone or inside a combined one) models its joules: e.g.
+    that it bills this process's CPU time x TDP share, not the machine's load."""
+    for m in getattr(meter, "meters", [meter]):
+        if getattr(m, "basis", None):
+            return dict(m.basis)
+    return None
+
+
+def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: Any = "auto",
              hardware: str | None = None, temperature_k: float = 300.0, loss_batches: int = 8,
              tracking_uri: str | None = None, log: bool = True, trust: bool = False,
              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Measures the model at `source`; returns one JSON-ready object (see `depth eval`)."""
+    """Measures the model at `source`; returns one JSON-ready object (see `depth eval`).
+
+    `meter` is ``"auto"``, a meter name, or an `EnergyMeter` (closed when done)."""
     from depth.serving.models import load_model
 
     loaded = load_model(source, tracking_uri=tracking_uri, trust=trust, find_in_mlflow=log)
@@ -87,6 +98,7 @@ def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: 
     try:
         result = measure(loaded.module, energy.read, config, loaded.vocab_size, dev,
                          method=energy.method, progress=progress).to_dict()
+        result["energy_basis"] = energy_basis(energy)
     finally:
         energy.close()
     device_hw = None
@@ -145,7 +157,10 @@ def log_inference(tracking_uri: str, model_id: str, result: Mapping[str, Any]) -
     for b in result["batches"]:
         metrics += [("inference/tokens_per_wh_by_batch", b["tokens_per_wh"], b["batch_size"]),
                     ("inference/prefill_joules_by_batch", b["prefill_joules"], b["batch_size"]),
-                    ("inference/decode_joules_by_batch", b["decode_joules"], b["batch_size"])]
+                    ("inference/decode_joules_by_batch", b["decode_joules"], b["batch_size"]),
+                    ("inference/spread_ratio_by_batch", b["spread_ratio"], b["batch_size"]),
+                    ("inference/attempts_by_batch", b["attempts"], b["batch_size"]),
+                    ("inference/unstable_by_batch", float(b["unstable"]), b["batch_size"])]
         if b["net_tokens_per_wh"] is not None:
             metrics.append(("inference/net_tokens_per_wh_by_batch", b["net_tokens_per_wh"],
                             b["batch_size"]))
@@ -157,15 +172,21 @@ def log_inference(tracking_uri: str, model_id: str, result: Mapping[str, Any]) -
     _log_model_metrics(tracking_uri, model_id, metrics, {
         "depth.inference_method": result["method"], "depth.inference_device": result["device"],
         "depth.inference_dtype": result["dtype"],
-        "depth.inference_measured": str(result["measured"]).lower()})
+        "depth.inference_measured": str(result["measured"]).lower(),
+        "depth.inference_unstable_batches": ",".join(map(str, result["unstable_batches"]))
+        or "none"})
 
 
-def inference_j_per_token(source: str, tracking_uri: str | None = None) -> tuple[float, str]:
-    """The measured inference J/token of a model and where it was found: the eval file
-    next to a checkpoint, or the ``inference/joules_per_token`` metric of its LoggedModel."""
+def inference_j_per_token(source: str, tracking_uri: str | None = None
+                          ) -> tuple[float, str, bool]:
+    """The latest inference J/token `depth eval` found for a model, where it was found (the
+    eval file next to a checkpoint, or the newest ``inference/joules_per_token`` metric of
+    its LoggedModel), and whether a sensor measured it (``False`` for an estimate)."""
     eval_file = Path(source + EVAL_SUFFIX)
     if eval_file.is_file():
-        return float(json.loads(eval_file.read_text())["joules_per_token"]), str(eval_file)
+        saved = json.loads(eval_file.read_text())
+        return (float(saved["joules_per_token"]), str(eval_file),
+                bool(saved.get("measured", False)))
     if source.startswith(("runs:/", "models:/", "m-")):
         from mlflow import MlflowClient
 
@@ -174,29 +195,56 @@ def inference_j_per_token(source: str, tracking_uri: str | None = None) -> tuple
 
         client = MlflowClient(tracking_uri or default_tracking_uri())
         model = client.get_logged_model(logged_model_id(client, source))
-        for metric in model.metrics or []:
-            if metric.key == "inference/joules_per_token":
-                return float(metric.value), f"{model.model_id} inference/joules_per_token"
+        evals = [m for m in model.metrics or [] if m.key == "inference/joules_per_token"]
+        if evals:  # every eval appends one; the newest is current
+            latest = max(evals, key=lambda m: (m.timestamp, m.step))
+            return (float(latest.value), f"{model.model_id} inference/joules_per_token",
+                    model.tags.get("depth.inference_measured") == "true")
     raise ValueError(f"no inference measurement for {source}: run `depth eval {source}` "
                      "first, or give --joules-per-token")
+
+
+AMORTIZE_TAGS = ("served_tokens", "tokens_per_day", "days", "inference_j_per_token",
+                 "inference_source", "amortized_j_per_token", "training_share",
+                 "break_even_tokens", "break_even_days")
+
+
+def amortize_tags(result: Mapping[str, Any]) -> dict[str, str]:
+    """``depth.amortize.<field>`` tags of one `depth amortize` scenario: every field, so
+    that each run replaces all of the previous one's (``none`` where it has no value)."""
+    def text(value: Any) -> str:
+        return "none" if value is None else (f"{value:.6g}" if isinstance(value, float)
+                                             else str(value))
+
+    return {f"depth.amortize.{k}": text(result.get(k)) for k in AMORTIZE_TAGS}
 
 
 def amortize_source(source: str, served_tokens: float | None, tokens_per_day: float | None,
                     days: float | None, joules_per_token: float | None = None,
                     tracking_uri: str | None = None, log: bool = True) -> dict[str, Any]:
-    """`depth amortize`: the model's depth over a serving horizon; logs the break-even on
-    its LoggedModel."""
+    """`depth amortize`: the model's depth over a serving horizon.
+
+    A J/token given by the user is marked ``supplied``, never measured. On its LoggedModel
+    the scenario is kept as ``depth.amortize.*`` tags, which a later run overwrites: one
+    current value per field. (LoggedModel metrics cannot be replaced, only appended to,
+    and a what-if horizon is not a measurement to keep a history of.)"""
     from depth.tracking.sources import find_logged_model
     from depth.tracking.sources import read_provenance
 
     record = read_provenance(source, tracking_uri=tracking_uri)
-    where = "given with --joules-per-token"
     if joules_per_token is None:
-        joules_per_token, where = inference_j_per_token(source, tracking_uri)
+        joules_per_token, where, measured = inference_j_per_token(source, tracking_uri)
+        origin = "measured" if measured else "estimated"
+    else:
+        where, measured, origin = "supplied with --joules-per-token", False, "supplied"
     result = amortize(record.depth_joules, joules_per_token, served_tokens, tokens_per_day,
                       days).to_dict()
-    result.update(source=source, inference_from=where, method=record.method,
-                  train_joules=record.train_joules, depth_joules=record.depth_joules)
+    result.update(source=source, inference_from=where, inference_source=origin,
+                  inference_measured=measured, days=days,
+                  break_even_duration=(duration_text(result["break_even_days"])
+                                       if result["break_even_days"] is not None else None),
+                  method=record.method, train_joules=record.train_joules,
+                  depth_joules=record.depth_joules)
     result["logged_model"] = None
     if log:
         from depth.tracking.store import default_tracking_uri, unreachable
@@ -212,8 +260,8 @@ def amortize_source(source: str, served_tokens: float | None, tokens_per_day: fl
         elif record.record_sha256 and unreachable(uri) is None:
             model_id = find_logged_model(uri, record.record_sha256)
         if model_id:
-            _log_model_metrics(uri, model_id, [
-                ("amortize/break_even_tokens", result["break_even_tokens"], 0),
-                ("amortize/amortized_joules_per_token", result["amortized_j_per_token"], 0)])
+            from mlflow import MlflowClient
+
+            MlflowClient(uri).set_logged_model_tags(model_id, amortize_tags(result))
             result["logged_model"] = model_id
     return result

@@ -13,11 +13,16 @@ How one batch size is measured:
    cache growing) are repeated k times. k is set so that each window lasts at least
    ``min_window_s`` (the NVML counter refreshes only every ~100 ms); CUDA is synchronized
    at both edges of each window and the meter is read there.
-3. Step 2 is repeated ``repeats`` times; the median is reported with the spread.
+3. Step 2 is repeated ``repeats`` times; the median is reported with the spread. When the
+   repeats disagree (max/min joules per generation above ``max_spread``: a busy machine,
+   a meter that lags), the whole set is measured again, at most ``remeasures`` times; the
+   set with the least spread is kept, and flagged ``unstable`` if even that one spreads.
 
 Tokens counted are *generated* tokens (B x ``new_tokens`` per generation); the joules are
 prefill plus decode. ``idle_w`` is measured before the sweep with nothing running, and the
-net figure subtracts idle power x time.
+net figure subtracts idle power x time. The meter is read once before anything is timed,
+so that a meter started by its first read (a sampler that then integrates everything since
+its creation) charges that to no window.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ class EvalConfig:
         min_window_s: Shortest measuring window.
         idle_s: Seconds of idle power measured before the sweep (0: none).
         seed: Seed of the random prompts.
+        max_spread: Largest max/min ratio of the repeats' joules that counts as stable.
+        remeasures: How many times an unstable batch size is measured again.
     """
 
     batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
@@ -60,6 +67,8 @@ class EvalConfig:
     min_window_s: float = 0.5
     idle_s: float = 2.0
     seed: int = 0
+    max_spread: float = 1.25
+    remeasures: int = 2
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
@@ -72,6 +81,10 @@ class EvalConfig:
             raise ValueError(f"repeats must be >= 1; got {self.repeats}")
         if self.min_window_s < 0 or self.idle_s < 0:
             raise ValueError("min_window_s and idle_s must be >= 0")
+        if not self.max_spread > 1:
+            raise ValueError(f"max_spread must be > 1 (a max/min ratio); got {self.max_spread}")
+        if self.remeasures < 0:
+            raise ValueError(f"remeasures must be >= 0; got {self.remeasures}")
 
 
 @dataclass
@@ -88,6 +101,10 @@ class BatchResult:
     net_tokens_per_wh: float | None  # idle power x time taken off
     tokens_per_wh_spread: tuple[float, float]  # min, max over repeats
     repeats: int
+    repeat_joules: list[float] = field(default_factory=list)  # per generation, kept set
+    spread_ratio: float = 1.0  # max/min of repeat_joules (inf when a window read 0 J)
+    attempts: int = 1  # sets of repeats measured (1 + re-measures)
+    unstable: bool = False  # even the best set spread more than max_spread
 
 
 @dataclass
@@ -105,7 +122,13 @@ class EvalResult:
 
     @property
     def best(self) -> BatchResult:
-        return max(self.batches, key=lambda b: b.tokens_per_wh)
+        """The most efficient batch size among the stable ones (any, when none is)."""
+        stable = [b for b in self.batches if not b.unstable] or self.batches
+        return max(stable, key=lambda b: b.tokens_per_wh)
+
+    @property
+    def unstable_batches(self) -> list[int]:
+        return [b.batch_size for b in self.batches if b.unstable]
 
     @property
     def tokens_per_wh(self) -> float:
@@ -118,7 +141,8 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.update(tokens_per_wh=self.tokens_per_wh, joules_per_token=self.joules_per_token,
-                   best_batch_size=self.best.batch_size)
+                   best_batch_size=self.best.batch_size, best_unstable=self.best.unstable,
+                   unstable_batches=self.unstable_batches)
         return out
 
 
@@ -154,6 +178,19 @@ def _repeats_for(run: Callable[[], None], min_window_s: float, device: torch.dev
     return max(1, math.ceil(min_window_s / once))
 
 
+PRIME_S = 0.2  # two periods of depth's samplers: a lazily started one has caught up by then
+
+
+def prime(read: Reader) -> None:
+    """Reads the meter once and lets it settle, before any window is timed.
+
+    A meter may start on its first read and only then integrate the energy since its
+    creation (depth's estimate sampler does); without this, the first window (idle or
+    prefill) would be charged with everything before it."""
+    read()
+    time.sleep(PRIME_S)
+
+
 def idle_power_w(read: Reader, seconds: float, device: torch.device) -> float | None:
     """Mean power with nothing running for `seconds` (``None`` for 0 s)."""
     if seconds <= 0:
@@ -175,6 +212,7 @@ def measure(model: Any, read: Reader, config: EvalConfig, vocab_size: int,
                          f"{config.new_tokens}) exceed the model's block_size {block_size}")
     device = torch.device(device)
     model = model.to(device=device, dtype=DTYPES[config.dtype]).eval()
+    prime(read)
     idle_w = idle_power_w(read, config.idle_s, device)
     generator = torch.Generator().manual_seed(config.seed)
     results: list[BatchResult] = []
@@ -192,8 +230,10 @@ def measure(model: Any, read: Reader, config: EvalConfig, vocab_size: int,
             break
         results.append(result)
         if progress is not None:
+            flag = (f"; UNSTABLE: repeats spread x{result.spread_ratio:.3g} after "
+                    f"{result.attempts} attempts" if result.unstable else "")
             progress(f"batch {batch_size:>4}: {result.tokens_per_wh:,.0f} tokens/Wh "
-                     f"({result.joules:.3g} J for {result.tokens} tokens)")
+                     f"({result.joules:.3g} J for {result.tokens} tokens{flag})")
     if not results:
         raise ValueError(f"no batch size could be measured: {stopped}")
     return EvalResult(batches=results, idle_w=idle_w, method=method, device=str(device),
@@ -219,11 +259,25 @@ def _measure_batch(model: Any, prompt: torch.Tensor, read: Reader, config: EvalC
     k_prefill = _repeats_for(prefill, config.min_window_s, device)
     k_decode = _repeats_for(decode, config.min_window_s, device)
     tokens = prompt.size(0) * config.new_tokens
-    rows = []
-    for _ in range(config.repeats):
-        pj, ps = _window(prefill, k_prefill, read, device)
-        dj, ds = _window(decode, k_decode, read, device)
-        rows.append((pj / k_prefill, ps / k_prefill, dj / k_decode, ds / k_decode))
+
+    def one_set() -> list[tuple[float, float, float, float]]:
+        rows = []
+        for _ in range(config.repeats):
+            pj, ps = _window(prefill, k_prefill, read, device)
+            dj, ds = _window(decode, k_decode, read, device)
+            rows.append((pj / k_prefill, ps / k_prefill, dj / k_decode, ds / k_decode))
+        return rows
+
+    attempts, kept = 0, None
+    while attempts <= config.remeasures:
+        attempts += 1
+        rows = one_set()
+        ratio = spread_ratio([p + d for p, _, d, _ in rows])
+        if kept is None or ratio < kept[0]:
+            kept = (ratio, rows)
+        if ratio <= config.max_spread:
+            break
+    ratio, rows = kept
     per = [(p + d, ps + ds) for p, ps, d, ds in rows]  # joules, seconds per generation
     rates = [tokens / (j / J_PER_WH) if j > 0 else math.inf for j, _ in per]
     joules = statistics.median(j for j, _ in per)
@@ -237,7 +291,14 @@ def _measure_batch(model: Any, prompt: torch.Tensor, read: Reader, config: EvalC
         prefill_joules=statistics.median(r[0] for r in rows),
         decode_joules=statistics.median(r[2] for r in rows),
         net_tokens_per_wh=net, tokens_per_wh_spread=(min(rates), max(rates)),
-        repeats=config.repeats)
+        repeats=config.repeats, repeat_joules=[j for j, _ in per], spread_ratio=ratio,
+        attempts=attempts, unstable=ratio > config.max_spread)
+
+
+def spread_ratio(joules: Sequence[float]) -> float:
+    """max/min of the repeats' joules; infinite when one read no energy at all."""
+    low = min(joules)
+    return max(joules) / low if low > 0 else math.inf
 
 
 def sweep_sizes(requested: Sequence[int] | None, up_to: int = 64) -> list[int]:

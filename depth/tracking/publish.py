@@ -126,19 +126,44 @@ def publish_event(client: Any, run_id: str,
 
 def register_model(model: str, name: str, client: Any = None) -> Any:
     """Registers a LoggedModel (``m-<id>`` or ``models:/m-<id>``) under `name`, with its
-    ``depth.*`` tags copied onto the new version. Returns the ``ModelVersion``."""
+    ``depth.*`` tags copied onto the new version, linked both ways as
+    ``mlflow.register_model`` links them: the version's source is ``models:/<id>`` (and its
+    ``depth.model_id`` tag the id), and the LoggedModel's ``mlflow.modelVersions`` tag lists
+    the version. Returns the ``ModelVersion``.
+
+    MLflow's local registry resolves a ``models:/`` source through the *global* tracking
+    URI, not the client's; it is pointed at the client's store for the call. (Its SQL
+    registry does not keep ``ModelVersion.model_id``: that field reads ``None`` even after
+    ``mlflow.register_model``, hence the tag.)
+    """
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     client = client or MlflowClient()
     model_id = model.removeprefix("models:/")
     logged = client.get_logged_model(model_id)
     tags = {k: v for k, v in logged.tags.items() if k.startswith("depth.")}
-    from mlflow.exceptions import MlflowException
-
+    tags["depth.model_id"] = model_id
     try:
         client.create_registered_model(name)
     except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    return client.create_model_version(name, source=f"models:/{model_id}",
-                                       run_id=logged.source_run_id, tags=tags, model_id=model_id)
+    with _use_tracking_uri(client.tracking_uri):
+        version = client.create_model_version(name, source=f"models:/{model_id}",
+                                              run_id=logged.source_run_id, tags=tags,
+                                              model_id=model_id)
+    link_version(client, model_id, version.name, version.version)
+    return version
+
+
+def link_version(client: Any, model_id: str, name: str, version: Any) -> None:
+    """Adds ``{name, version}`` to the LoggedModel's ``mlflow.modelVersions`` tag, as
+    ``mlflow.register_model`` (and an ``mlflow server``) does; never twice."""
+    key = "mlflow.modelVersions"
+    listed = json.loads(client.get_logged_model(model_id).tags.get(key) or "[]")
+    if any(v.get("name") == name and str(v.get("version")) == str(version) for v in listed):
+        return
+    client.set_logged_model_tags(model_id, {key: json.dumps(
+        [*listed, {"name": name, "version": version}])})

@@ -25,8 +25,9 @@ def test_json_names_the_estimate_and_why_nvml_and_rapl_were_rejected(tmp_path):
     assert set(result["devices"]) == {"cpu:0", "dram:0"}
     for device in result["devices"].values():
         assert device["method"] == "estimate"
-        assert device["joules"] > 0
+        assert device["joules"] >= 0  # cpu:0 is this idle process's CPU-time share: ~0 J
         assert abs(device["watts"] - device["joules"] / result["seconds"]) < 1e-9
+    assert result["devices"]["dram:0"]["joules"] > 0
     assert result["total_joules"] == sum(d["joules"] for d in result["devices"].values())
 
 

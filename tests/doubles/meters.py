@@ -101,3 +101,54 @@ class ScriptedMeter:
 
     def close(self) -> None:
         self.closed = True
+
+
+class IncrementMeter:
+    """Energy that jumps by a scripted amount at every read: read n (from 0) returns the
+    sum of the first n increments, so a window's joules are the increment of its last
+    read. ``noisy`` increments first (a busy machine), then ``steady_j`` per read."""
+
+    method = "test-scripted"
+
+    def __init__(self, noisy: list[float], steady_j: float = 1.0):
+        self.noisy, self.steady_j = list(noisy), steady_j
+        self.reads, self.energy_j, self.closed = 0, 0.0, False
+
+    def devices(self) -> list[str]:
+        return ["gpu:0"]
+
+    def read(self) -> dict[str, float]:
+        if self.reads:
+            n = self.reads - 1
+            self.energy_j += self.noisy[n] if n < len(self.noisy) else self.steady_j
+        self.reads += 1
+        return {"gpu:0": self.energy_j}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class LazyStartMeter:
+    """A sampler started by its first read that then integrates everything since its
+    creation, as depth's estimate meter does: the first read returns 0 J, every later one
+    `held_j` (energy from before the first read) plus `power_w` x time since it."""
+
+    method = "test-lazy"
+
+    def __init__(self, held_j: float, power_w: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.held_j, self.power_w, self.clock = held_j, power_w, clock
+        self.started: float | None = None
+        self.closed = False
+
+    def devices(self) -> list[str]:
+        return ["cpu:0"]
+
+    def read(self) -> dict[str, float]:
+        if self.started is None:
+            self.started = self.clock()
+            return {"cpu:0": 0.0}
+        return {"cpu:0": self.held_j + self.power_w * (self.clock() - self.started)}
+
+    def close(self) -> None:
+        self.closed = True

@@ -6,15 +6,15 @@ import time
 
 import pytest
 
-from depth.meters.estimate import CpuLoad, EstimateMeter, cpu_power_w
+from depth.meters.estimate import EstimateMeter, ProcessCpuLoad, cpu_power_w
 from tests.support.blocking import read_returns_while_sampler_is_stuck, stuck_sampler
 
 
-def test_cpu_power_follows_codecarbon_machine_curve():
-    assert cpu_power_w(100.0, 0.0) == pytest.approx(10.0)  # idle floor: 10 % of TDP
+def test_cpu_power_is_tdp_times_this_processs_share():
+    assert cpu_power_w(100.0, 0.0) == 0.0  # no idle floor: idle power is not this process's
     assert cpu_power_w(100.0, 1.0) == pytest.approx(100.0)
-    assert cpu_power_w(100.0, 0.5) == pytest.approx(100.0 * (0.1 + 0.9 * 0.125))
-    assert cpu_power_w(100.0, 1.7) == pytest.approx(100.0)  # clamped
+    assert cpu_power_w(100.0, 0.25) == pytest.approx(25.0)
+    assert cpu_power_w(100.0, -0.1) == 0.0
 
 
 def test_real_estimate_on_this_machine_is_labelled_and_monotonic():
@@ -27,10 +27,13 @@ def test_real_estimate_on_this_machine_is_labelled_and_monotonic():
         readings = []
         for _ in range(6):
             readings.append(meter.read())
-            time.sleep(0.1)
+            c0 = time.process_time()
+            while time.process_time() - c0 < 0.05:  # work: this process's CPU time
+                pass
+            time.sleep(0.05)
         for a, b in zip(readings, readings[1:]):
             assert all(b[d] >= a[d] for d in a)
-        assert readings[-1]["cpu:0"] > 0  # the sampler integrated something
+        assert readings[-1]["cpu:0"] > 0  # the sampler integrated this process's work
     finally:
         meter.close()
 
@@ -61,8 +64,13 @@ def test_read_does_not_wait_for_the_load_measurement():
     meter.close()
 
 
-def test_cpu_load_is_a_fraction():
-    load = CpuLoad()
-    sum(i * i for i in range(200_000))
-    value = load()
-    assert 0.0 <= value <= 1.0
+def test_process_cpu_share_counts_this_processs_work():
+    import psutil
+
+    load = ProcessCpuLoad()
+    t0, c0 = time.monotonic(), time.process_time()
+    while time.process_time() - c0 < 0.2:  # busy in this thread
+        pass
+    share = load()
+    wall_s, cpu_s = time.monotonic() - t0, time.process_time() - c0
+    assert share == pytest.approx(cpu_s / (wall_s * psutil.cpu_count()), rel=0.2)

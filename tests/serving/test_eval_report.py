@@ -57,6 +57,7 @@ def test_eval_measures_logs_and_writes_beside_the_checkpoint(models, capsys):
         assert b["tokens"] == b["batch_size"] * 8
         assert b["tokens_per_wh"] == pytest.approx(b["tokens"] / (b["joules"] / 3600))
     assert result["method"] == "estimate" and result["measured"] is False
+    assert result["energy_basis"]["attribution"] == "process"  # this process's CPU time
     assert result["uncertainty"]["relative"] == 0.5
     phys = result["physics"]
     assert phys["landauer_ratio"] > 1e6  # far above the bound, as every real machine is
