@@ -274,7 +274,7 @@ class DepthCallback(Callback):
             return
         self.fit_progress.add(points)
         if trainer.is_global_zero and self.sinks:
-            self.sinks.log(points, devices=len(self.ranks.methods) if self.ranks else 0)
+            self.sinks.log(points, self.ranks.current_methods() if self.ranks else {})
 
     def _new_history(self) -> None:
         self.ledger, self.sinks = Ledger(self.options.max_lag_s), Sinks(self.options)

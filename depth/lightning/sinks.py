@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 import torch
 
 from depth.accounting.ledger import Point
+from depth.accounting.reader import UNMEASURED
 from depth.lightning.options import CallbackOptions
 from depth.tracking.spool import Spool, SpoolSink
 from depth.tracking.store import default_tracking_uri, end_run, open_run, redact, unreachable
@@ -156,14 +157,24 @@ class Sinks:
                                                   options.flush_interval_s, spool))
         self._sinks = sinks
 
-    def log(self, points: Sequence[Point], devices: int) -> None:
+    def log(self, points: Sequence[Point], methods: Mapping[str, str]) -> None:
         """Each point's metrics to every sink; per device too when there are several
-        `devices` (unless ``log_per_device`` says otherwise)."""
+        devices (unless ``log_per_device`` says otherwise).
+
+        `methods` is how each device is read now: while no device has given a valid
+        reading (``unmeasured``), no point is sent, since its 0 J would read as a
+        measurement; a device not yet measured gets no per-device metric.
+        """
+        unmeasured = {d for d, m in methods.items() if m == UNMEASURED}
+        if methods and len(unmeasured) == len(methods):
+            return
         per_device = self.options.log_per_device
         if per_device is None:
-            per_device = devices > 1
+            per_device = len(methods) > 1
         for point in points:
             metrics = point_metrics(point, per_device)
+            for device in unmeasured if per_device else ():
+                metrics.pop(f"energy/joules/{device}", None)
             for sink in self._sinks:
                 sink.log(metrics, point.step)
 

@@ -110,6 +110,7 @@ def test_a_meter_failing_from_the_start_is_unmeasured_everywhere(tmp_path, monke
     assert run.data.tags["depth.train_kwh"] == UNMEASURED
     assert run.data.tags["depth.train_joules"] == UNMEASURED
     assert "depth.train_kwh" not in run.data.metrics  # no 0 kWh metric
+    assert not [k for k in run.data.metrics if k.startswith("energy/")]  # nor 0 J per step
 
     status = main(["report", "--experiment", "faults", "--tracking-uri", uri,
                    "--out", str(tmp_path / "report"), "--no-log"])
