@@ -76,11 +76,11 @@ def _print_training(result: Any, extra: Sequence[tuple[str, str]] = ()) -> None:
 def _ui_command(uri: str | None) -> str:
     if uri is None:
         return "(no MLflow store: tracking was off)"
-    if uri.startswith(("http://", "https://")):
-        from depth.tracking.store import redact
+    from depth.tracking.store import redact
 
+    if uri.startswith(("http://", "https://")):
         return f"open {redact(uri)}"
-    return f"mlflow ui --backend-store-uri {uri}"
+    return f"mlflow ui --backend-store-uri {redact(uri)}"
 
 
 def declare_run(p: ArgumentParser) -> None:

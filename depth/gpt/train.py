@@ -6,8 +6,11 @@ Framework wiring only; the model, data and options live in `depth.gpt` and
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
 from depth.lightning.callback import DepthCallback
 from depth.gpt.recipe import Recipe
-from depth.tracking.store import unreachable
+from depth.tracking.store import redact, unreachable, urls_unprinted
 
 
 class DepthProgressBar(TQDMProgressBar):
@@ -84,6 +87,34 @@ def _logger(recipe: Recipe) -> Any:
                         artifact_location=artifacts_beside(uri))
 
 
+def _hyperparameters(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as the checkpoint's (and the MLflow run's) hyperparameters, with any
+    ``user:password@`` in its tracking URI redacted: both outlive the training."""
+    values = asdict(recipe)
+    if values["tracking"]["tracking_uri"]:
+        values["tracking"]["tracking_uri"] = redact(values["tracking"]["tracking_uri"])
+    return values
+
+
+@contextmanager
+def _default_store(recipe: Recipe) -> Iterator[None]:
+    """The recipe's tracking URI as ``MLFLOW_TRACKING_URI`` while it trains: without an
+    ``MLFlowLogger`` (its server down at the start), the callback opens its run, or spools
+    for it, on the default store, which must be the recipe's and not the shell's."""
+    uri = recipe.tracking.tracking_uri
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        with urls_unprinted(uri or ""):  # MLflow prints the run's URL, password and all
+            yield
+    finally:
+        if uri and previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        elif uri:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
 def train(recipe: Recipe, callbacks: list[Any] | None = None,
           datamodule: pl.LightningDataModule | None = None) -> TrainResult:
     """Trains `recipe` (with any extra Lightning `callbacks`); returns the checkpoint, its
@@ -111,7 +142,7 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None,
         raise ValueError(f"model.vocab_size must be >= {vocab_size} for tokenizer "
                          f"{recipe.data.tokenizer!r}; got {recipe.model.vocab_size}")
     module = GPTModule(recipe.model, recipe.optim)
-    module.save_hyperparameters({"recipe": asdict(recipe)})
+    module.save_hyperparameters({"recipe": _hyperparameters(recipe)})
     if recipe.init_from:
         from depth.record.lineage import load_parent_weights
 
@@ -146,7 +177,8 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None,
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         t0 = time.perf_counter()
-        trainer.fit(module, datamodule=data)
+        with _default_store(recipe):
+            trainer.fit(module, datamodule=data)
         wall_s = time.perf_counter() - t0
     from depth.record.checkpoint_io import load_checkpoint
 

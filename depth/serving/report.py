@@ -183,9 +183,9 @@ def make_report(experiment: str, tracking_uri: str, out_dir: Path,
     import matplotlib
 
     matplotlib.use("Agg")
-    from mlflow import MlflowClient
+    from depth.tracking.sources import reader_client
 
-    client = MlflowClient(tracking_uri)
+    client, _ = reader_client(tracking_uri)  # one line within seconds if the server is down
     found = client.get_experiment_by_name(experiment)
     if found is None:
         names = [e.name for e in client.search_experiments()]

@@ -97,13 +97,38 @@ def find_model(client: Any, experiment_ids: list[str] | None, digest: str | None
     return found[0].model_id if found else None
 
 
-def publish_checkpoint_file(client: Any, run_id: str, path: str, digest: str) -> str | None:
+def checkpoint_file_problem(path: str | Path, digest: str) -> str | None:
+    """Why the file at `path` is not the checkpoint of record `digest` (one line), or
+    ``None`` when it is: its embedded record is `digest`, unedited, and its weights are the
+    ones that record names. Loaded without running code from the file."""
+    from depth.record.checkpoint_io import load_checkpoint
+    from depth.record.digest import CHECKPOINT_KEY, record_sha256, weights_sha256
+
+    try:
+        checkpoint = load_checkpoint(Path(path))
+    except (OSError, ValueError) as err:
+        return str(err)
+    record = checkpoint.get(CHECKPOINT_KEY)
+    if not isinstance(record, dict) or record.get("record_sha256") != digest:
+        return f"{path} does not carry the record {digest[:12]}... it was queued for"
+    state_dict = checkpoint.get("state_dict")
+    if record_sha256(record) != digest or not isinstance(state_dict, dict) \
+            or weights_sha256(state_dict) != record.get("weights_sha256"):
+        return f"{path} no longer matches its record {digest[:12]}... (edited since)"
+    return None
+
+
+def publish_checkpoint_file(client: Any, run_id: str, path: str, digest: str,
+                            verify: bool = False) -> str | None:
     """Uploads a checkpoint file to the LoggedModel of its record (under ``checkpoint/``);
-    returns a one-line reason when it cannot (the model or the file is gone)."""
+    returns a one-line reason when it cannot (the model or the file is gone) or, with
+    `verify`, must not (the file is not the checkpoint of that record)."""
     run = client.get_run(run_id)
     model_id = find_model(client, [run.info.experiment_id], digest)
     if model_id is None:
         return f"no LoggedModel with depth.record_sha256={digest} for {path}"
+    if verify and Path(path).exists() and (problem := checkpoint_file_problem(path, digest)):
+        return f"not uploaded: {problem}"
     try:  # ModelCheckpoint(save_top_k=...) may remove it at any moment, even mid-upload
         client.log_model_artifact(model_id, str(path), artifact_path="checkpoint")
     except FileNotFoundError:
@@ -113,14 +138,16 @@ def publish_checkpoint_file(client: Any, run_id: str, path: str, digest: str) ->
     return None
 
 
-def publish_event(client: Any, run_id: str,
-                  event: Mapping[str, Any]) -> tuple[str | None, str | None]:
+def publish_event(client: Any, run_id: str, event: Mapping[str, Any],
+                  verify_files: bool = False) -> tuple[str | None, str | None]:
     """Publishes one queued checkpoint event: ``{"record", "step"}`` or ``{"file",
     "record_sha256", "step"}``. Returns (the LoggedModel id of a record, a one-line reason a
-    file was not uploaded)."""
+    file was not uploaded). `verify_files`: upload a file only if it is the checkpoint of
+    the record it names (for events read from a spool file, which anyone may have
+    written)."""
     if "file" in event:
         return None, publish_checkpoint_file(client, run_id, event["file"],
-                                             event["record_sha256"])
+                                             event["record_sha256"], verify=verify_files)
     return publish_checkpoint(client, run_id, event["record"], int(event["step"])), None
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,42 @@ MLFLOW_PREFIXES = ("runs:/", "models:/", "m-")
 def is_mlflow_source(source: str | Path) -> bool:
     """True for ``runs:/``, ``models:/`` and ``m-`` sources (anything else is a path)."""
     return str(source).startswith(MLFLOW_PREFIXES)
+
+
+def reader_client(tracking_uri: str | None = None) -> tuple[Any, str]:
+    """(an ``MlflowClient``, its URI) for reading `tracking_uri` (default:
+    ``MLFLOW_TRACKING_URI``, else the default store), once its server has answered.
+
+    Raises:
+        ValueError: One line, credentials redacted, within seconds when the server is down
+            (MLflow's own client retries for minutes).
+    """
+    from mlflow import MlflowClient
+
+    from depth.tracking.store import default_tracking_uri, redact, unreachable
+
+    uri = tracking_uri or default_tracking_uri()
+    if (why := unreachable(uri)) is not None:
+        raise ValueError(f"tracking server {redact(uri)} is unreachable ({why})")
+    return MlflowClient(uri), uri
+
+
+@contextmanager
+def reading(source: str) -> Iterator[None]:
+    """Turns what MLflow raises while reading `source` into one ``ValueError`` line naming
+    it, with any ``user:password@`` in the message redacted (MLflow names the request URL)."""
+    from mlflow.exceptions import MlflowException
+
+    from depth.tracking.store import redact_text
+
+    try:
+        yield
+    except MlflowException as err:
+        message = redact_text(" ".join(str(getattr(err, "message", err)).split()))
+        raise ValueError(f"{source}: {message[:200]}") from None
+    except OSError as err:
+        message = redact_text(" ".join(str(err.strerror or err).split()))
+        raise ValueError(f"{source}: no depth record there ({message[:200]})") from None
 
 
 def _logged_model_of(version: Any) -> str | None:
@@ -85,16 +122,12 @@ def read_provenance(source: str | Path, tracking_uri: str | None = None,
     text = str(source)
     if not is_mlflow_source(text):
         return provenance_from_checkpoint(text, trust)
-    from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
-    from mlflow.exceptions import MlflowException
 
     from depth.tracking.publish import MODEL_ARTIFACT, RUN_ARTIFACT
-    from depth.tracking.store import default_tracking_uri
 
-    tracking_uri = tracking_uri or default_tracking_uri()
-    client = MlflowClient(tracking_uri)
-    try:
+    client, tracking_uri = reader_client(tracking_uri)
+    with reading(text):
         if text.startswith("runs:/"):
             run_id = text.removeprefix("runs:/").split("/")[0]
             uri = f"{client.get_run(run_id).info.artifact_uri}/{RUN_ARTIFACT}"
@@ -104,11 +137,6 @@ def read_provenance(source: str | Path, tracking_uri: str | None = None,
         with tempfile.TemporaryDirectory() as tmp:
             path = download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri)
             data = json.loads(Path(path).read_text())
-    except MlflowException as err:
-        message = " ".join(str(err.message if hasattr(err, "message") else err).split())
-        raise ValueError(f"{text}: {message[:200]}") from None
-    except OSError as err:
-        raise ValueError(f"{text}: no depth record there ({err.strerror or err})") from None
     return Provenance.from_dict(data)
 
 
@@ -164,27 +192,21 @@ def checkpoint_of(source: str, tracking_uri: str | None = None, trust: bool = Fa
     model_id = None
     uri = None
     if is_mlflow_source(source):
-        from mlflow import MlflowClient
         from mlflow.artifacts import download_artifacts
-        from mlflow.exceptions import MlflowException
 
-        from depth.tracking.store import default_tracking_uri
-
-        uri = tracking_uri or default_tracking_uri()
-        client = MlflowClient(uri)
-        try:
+        client, uri = reader_client(tracking_uri)
+        with reading(source):
             model_id = logged_model_id(client, source)
             model = client.get_logged_model(model_id)
             files = [a.path for a in client.list_logged_model_artifacts(model_id, "checkpoint")]
-        except MlflowException as err:
-            raise ValueError(f"{source}: {' '.join(str(err).split())[:200]}") from None
         if not files:
             raise ValueError(f"{source} ({model_id}) has no checkpoint file: train with "
                              "DepthCallback(log_checkpoints=True), or pass the checkpoint path")
         with tempfile.TemporaryDirectory(prefix="depth-eval-") as tmp:  # loaded, then gone
-            path = Path(download_artifacts(
-                artifact_uri=f"{model.artifact_location}/{files[0]}", dst_path=tmp,
-                tracking_uri=uri))
+            with reading(source):
+                path = Path(download_artifacts(
+                    artifact_uri=f"{model.artifact_location}/{files[0]}", dst_path=tmp,
+                    tracking_uri=uri))
             checkpoint = load_checkpoint(path, trust=trust)
     else:
         checkpoint = load_checkpoint(Path(source), trust=trust)
@@ -195,6 +217,7 @@ def checkpoint_of(source: str, tracking_uri: str | None = None, trust: bool = Fa
         from depth.tracking.store import default_tracking_uri, unreachable
 
         uri = tracking_uri or default_tracking_uri()
-        model_id = find_logged_model(uri, record["record_sha256"]) if not unreachable(uri) \
-            else None
+        if unreachable(uri) is None:
+            with reading(source):
+                model_id = find_logged_model(uri, record["record_sha256"])
     return SourceCheckpoint(checkpoint, record, model_id, uri if model_id else None)

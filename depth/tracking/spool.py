@@ -11,12 +11,15 @@ file instead, one file per run::
                                 {"id": ..., "end": "FINISHED" | "FAILED"}
     SPOOL/<run-key>.jsonl.done  ids already replayed (and the run id a replay created)
 
-`sync_spool` replays the events not yet in ``.done`` and appends each id once its event is
-stored, so a replay that is interrupted or run twice writes nothing twice. Should an event
-be stored without its id reaching ``.done`` (a crash between the two), replaying it again
-is still harmless: MLflow drops a metric row identical to one it has (same key, value,
-timestamp and step), and a checkpoint's LoggedModel is found by its ``depth.record_sha256``
-tag rather than created again.
+`sync_spool` replays the events not yet in ``.done`` into the store the user names (never
+the one a file's header names: a spool file is untrusted input, see
+`depth.tracking.spool_input`) and appends each id once its event is stored, so a replay
+that is interrupted or run twice writes nothing twice. Should an event be stored without
+its id reaching ``.done`` (a crash between the two), replaying it again is still harmless:
+MLflow drops a metric row identical to one it has (same key, value, timestamp and step),
+and a checkpoint's LoggedModel is found by its ``depth.record_sha256`` tag rather than
+created again. ``.done`` also lists the events set aside (malformed, or refused by the
+server), with why.
 """
 
 from __future__ import annotations
@@ -31,21 +34,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from depth.tracking.store import redact  # stdlib-only at import
+from depth.tracking.spool_input import (
+    DONE_SUFFIX,
+    SCHEMA,
+    SUFFIX,
+    SpoolContents,
+    SpoolError,
+    folder_lock,
+    mark_done,
+    read_done,
+    read_spool,
+    spool_files,
+)
+from depth.tracking.store import redact, redact_text, urls_unprinted  # stdlib-only
 from depth.tracking.writer_thread import CheckpointEvents
 
-SCHEMA = 1
-SUFFIX = ".jsonl"
-DONE_SUFFIX = ".done"
-
-
-class SpoolError(Exception):
-    """A spool that cannot be read (`status` 2) or replayed (`status` 1); the message is one
-    line for the CLI."""
-
-    def __init__(self, message: str, status: int = 2):
-        super().__init__(message)
-        self.status = status
+__all__ = ["Spool", "SpoolError", "SpoolSink", "SyncReport", "spool_files", "sync_spool"]
 
 
 class Spool:
@@ -156,75 +160,24 @@ class SpoolSink(CheckpointEvents):
 
 @dataclass
 class SyncReport:
-    """What `sync_spool` did."""
+    """What `sync_spool` did.
+
+    Attributes:
+        warnings: Notes, one line each: events set aside, files not uploaded, torn lines.
+        refused: Files not replayed at all, one line each: not a spool, or recorded for
+            another store than the one replayed into.
+        failed: Files whose replay the server stopped, one line each (run it again).
+    """
 
     files: int = 0
     replayed: int = 0
-    skipped: int = 0  # already replayed before
+    skipped: int = 0  # replayed (or set aside) before
+    set_aside: int = 0
     points: int = 0
     runs: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-
-def spool_files(source: str | Path) -> list[Path]:
-    """The spool files at `source` (a spool folder or one ``.jsonl`` file)."""
-    path = Path(source)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise SpoolError(f"{source}: no such spool folder or file")
-    return sorted(path.glob(f"*{SUFFIX}"))
-
-
-def _read_events(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
-    """The header, the events, and whether a torn last line (a crash mid-write) was dropped."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as err:
-        raise SpoolError(f"{path}: cannot read ({err.strerror})") from None
-    try:
-        header = json.loads(lines[0]) if lines else {}
-    except ValueError:
-        header = {}
-    if not isinstance(header, dict) or header.get("spool") != SCHEMA \
-            or not isinstance(header.get("tracking_uri"), str):
-        raise SpoolError(f"{path}: not a depth spool file (no spool header)")
-    events, torn = [], False
-    for number, line in enumerate(lines[1:], start=2):
-        try:
-            event = json.loads(line)
-        except ValueError:
-            if number != len(lines):
-                raise SpoolError(f"{path}: line {number} is not JSON; the file was edited "
-                                 "or damaged") from None
-            torn = True
-            continue
-        if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not (
-                "points" in event or "checkpoint" in event or "end" in event):
-            raise SpoolError(f"{path}: line {number} is not a spool event; the file was "
-                             "edited or damaged")
-        events.append(event)
-    return header, events, torn
-
-
-def _read_done(path: Path) -> tuple[set[str], str | None]:
-    done, run_id = set(), None
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # a torn last line: that event is replayed again (idempotent)
-            done.update([entry["id"]] if "id" in entry else [])
-            run_id = entry.get("run_id", run_id)
-    return done, run_id
-
-
-def _mark_done(path: Path, entry: Mapping[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(dict(entry)) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    refused: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
 
 
 def _create_run(client: Any, header: Mapping[str, Any], tracking_uri: str) -> str:
@@ -241,83 +194,151 @@ def _create_run(client: Any, header: Mapping[str, Any], tracking_uri: str) -> st
     return run.info.run_id
 
 
-def _with_credentials(stored: str) -> str:
-    """The URI a spool was meant for: as stored, or, when its credentials were redacted,
-    ``MLFLOW_TRACKING_URI`` if that is the same server."""
-    if "***@" not in stored:
-        return stored
-    env = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if env and redact(env) == stored:
-        return env
-    raise SpoolError(f"the spool was meant for {stored}, whose credentials are not stored: "
-                     "set MLFLOW_TRACKING_URI to it or pass --tracking-uri", status=2)
+def _refusal(recorded: str, uri: str, named: bool) -> str | None:
+    """Why a file recorded for the store `recorded` is not replayed into `uri`, or ``None``
+    when that is the store it was recorded for."""
+    if recorded.rstrip("/") == redact(uri).rstrip("/"):
+        return None
+    whence = ("--tracking-uri" if named else "MLFLOW_TRACKING_URI"
+              if os.environ.get("MLFLOW_TRACKING_URI") else "the default store")
+    return (f"recorded for {recorded}, not {redact(uri)} ({whence}); nothing replayed from "
+            f"it: to replay it there, pass --tracking-uri {recorded}"
+            + (" with its user:password" if "***@" in recorded else ""))
+
+
+def _is_the_events_fault(err: Exception) -> bool:
+    """True when replaying an event failed because of the event (the server refused its
+    values), not because of the server: it is set aside rather than retried forever."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(err, MlflowException):
+        return err.error_code == "INVALID_PARAMETER_VALUE"
+    return isinstance(err, (KeyError, TypeError, ValueError))
+
+
+def _replay_event(client: Any, run_id: str, event: Mapping[str, Any], path: Path,
+                  report: SyncReport) -> None:
+    from mlflow.entities import Metric
+
+    from depth.tracking.publish import publish_event
+    from depth.tracking.writer_thread import MAX_METRICS_PER_BATCH
+
+    if "points" in event:
+        metrics = [Metric(k, float(v), int(ts), int(s)) for k, v, ts, s in event["points"]]
+        for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
+        report.points += len(metrics)
+    elif "checkpoint" in event:  # a file is uploaded only if it is that record's checkpoint
+        message = publish_event(client, run_id, event["checkpoint"], verify_files=True)[1]
+        if message:
+            report.warnings.append(f"{path}: {message}")
+    elif "end" in event:
+        with urls_unprinted(client.tracking_uri):
+            client.set_terminated(run_id, event["end"])
+
+
+def _set_aside(done_path: Path, key: str, reason: str, path: Path, report: SyncReport) -> None:
+    mark_done(done_path, {"id": key, "set_aside": reason})
+    report.set_aside += 1
+    report.warnings.append(f"{path}: {reason}; set aside (kept in the file, not replayed)")
+
+
+def _replay_file(client: Any, uri: str, path: Path, contents: SpoolContents,
+                 report: SyncReport) -> tuple[str | None, int, int]:
+    """Replays one checked spool file; returns (its run, the events replayed now, those
+    replayed before)."""
+    done_path = path.with_name(path.name + DONE_SUFFIX)
+    done, created = read_done(done_path)
+    run_id = contents.header.get("run_id") or created
+    for key, reason in contents.set_aside:
+        if key in done:
+            report.skipped += 1
+        else:
+            _set_aside(done_path, key, reason, path, report)
+    todo = [(key, event) for key, event in contents.events if key not in done]
+    report.skipped += len(contents.events) - len(todo)
+    if contents.torn:
+        report.warnings.append(f"{path}: the last line was cut short (a crash while writing "
+                               "it) and is skipped")
+    if run_id is None and todo:
+        run_id = _create_run(client, contents.header, uri)
+        mark_done(done_path, {"run_id": run_id})
+    replayed = 0
+    for key, event in todo:
+        try:
+            _replay_event(client, run_id, event, path, report)
+        except Exception as err:
+            if not _is_the_events_fault(err):
+                raise
+            why = redact_text(" ".join(f"{type(err).__name__}: {err}".split()))[:200]
+            _set_aside(done_path, key, f"event {key} was refused ({why})", path, report)
+            continue
+        mark_done(done_path, {"id": key})
+        replayed += 1
+    report.replayed += replayed
+    return run_id, replayed, len(contents.events) - len(todo)
 
 
 def sync_spool(source: str | Path, tracking_uri: str | None = None,
                progress: Callable[[str], None] | None = None) -> SyncReport:
-    """Replays a spool into a tracking server, each event at most once.
+    """Replays a spool into the store the user names, each event at most once.
+
+    A spool file is untrusted input: the store its header names is never contacted. Each
+    file recorded for another store than `tracking_uri` is refused (`SyncReport.refused`),
+    so that a planted file cannot draw the user's credentials (``MLFLOW_TRACKING_*``) or
+    events to a server of its choosing; a malformed event is set aside with its reason; a
+    checkpoint file is uploaded only if it is the checkpoint of the record it claims. One
+    sync at a time per folder (a lock file in it).
 
     Args:
         source: A spool folder or one spool file.
-        tracking_uri: Where to replay; default: the URI each file was meant for.
+        tracking_uri: Where to replay; default ``MLFLOW_TRACKING_URI``, else the default
+            store.
         progress: Called with one line per file replayed.
 
     Raises:
-        SpoolError: A file is not a spool, or the target refuses the events (the message
-            says which; whatever was stored before stays marked as done).
+        SpoolError: No such spool, another sync holds the folder, or the server is down
+            (whatever was stored before stays marked as done).
     """
     from mlflow import MlflowClient
-    from mlflow.entities import Metric
 
-    from depth.tracking.publish import publish_event
-    from depth.tracking.store import unreachable
-    from depth.tracking.writer_thread import MAX_METRICS_PER_BATCH
+    from depth.tracking.store import default_tracking_uri, unreachable
 
+    named = tracking_uri is not None
+    uri = tracking_uri or default_tracking_uri()
+    files = spool_files(source)
     report = SyncReport()
-    for path in spool_files(source):
-        header, events, torn = _read_events(path)
-        uri = tracking_uri or _with_credentials(header["tracking_uri"])
-        if (why := unreachable(uri)) is not None:
+    with folder_lock(Path(source) if Path(source).is_dir() else Path(source).parent):
+        checked = []
+        for path in files:
+            try:
+                contents = read_spool(path)
+            except SpoolError as err:
+                report.refused.append(str(err))
+                continue
+            if (why := _refusal(contents.header["tracking_uri"], uri, named)) is not None:
+                report.refused.append(f"{path}: {why}")
+            else:
+                checked.append((path, contents))
+        if checked and (why := unreachable(uri)) is not None:
             raise SpoolError(f"tracking server {redact(uri)} is unreachable ({why}); nothing "
-                             f"replayed from {path}", status=1)
-        done_path = path.with_name(path.name + DONE_SUFFIX)
-        done, created = _read_done(done_path)
-        client = MlflowClient(uri)
-        run_id = header.get("run_id") or created
-        todo = [e for e in events if e.get("id") not in done]
-        report.files += 1
-        report.skipped += len(events) - len(todo)
-        if torn:
-            report.warnings.append(f"{path}: the last line was cut short (a crash while "
-                                   "writing it) and is skipped")
-        try:
-            if run_id is None and todo:
-                run_id = _create_run(client, header, uri)
-                _mark_done(done_path, {"run_id": run_id})
-            for event in todo:
-                if "points" in event:
-                    metrics = [Metric(k, float(v), int(ts), int(s)) for k, v, ts, s in
-                               event["points"]]
-                    for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-                        client.log_batch(run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH])
-                    report.points += len(metrics)
-                elif "checkpoint" in event:
-                    message = publish_event(client, run_id, event["checkpoint"])[1]
-                    if message:
-                        report.warnings.append(f"{path}: {message}")
-                elif "end" in event:
-                    client.set_terminated(run_id, event["end"])
-                _mark_done(done_path, {"id": event["id"]})
-                report.replayed += 1
-        except SpoolError:
-            raise
-        except Exception as err:
-            reason = f"{type(err).__name__}: {err}".splitlines()[0]
-            raise SpoolError(f"{path}: replay stopped ({reason}); what was stored is marked "
-                             "done, run `depth sync` again", status=1) from None
-        if run_id is not None:
-            report.runs.append(run_id)
-        if progress is not None:
-            progress(f"{path.name}: {len(todo)} events replayed into run {run_id} at "
-                     f"{redact(uri)}, {len(events) - len(todo)} already there")
+                             f"replayed from {source}", status=1)
+        client = MlflowClient(uri) if checked else None
+        for path, contents in checked:
+            report.files += 1
+            try:
+                run_id, replayed, before = _replay_file(client, uri, path, contents, report)
+            except Exception as err:
+                reason = redact_text(" ".join(f"{type(err).__name__}: {err}".split()))[:300]
+                stopped = (f"{path}: replay stopped ({reason}); what was stored is marked "
+                           "done, run `depth sync` again")
+                if unreachable(uri) is not None:  # the server went away: stop here
+                    raise SpoolError(stopped, status=1) from None
+                report.failed.append(stopped)
+                continue
+            if run_id is not None:
+                report.runs.append(run_id)
+            if progress is not None:
+                progress(f"{path.name}: {replayed} events replayed into run {run_id} at "
+                         f"{redact(uri)}, {before} already there")
     return report

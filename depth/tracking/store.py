@@ -7,6 +7,9 @@ machine that only meters.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -28,6 +31,51 @@ def redact(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]*@")
+
+
+def redact_text(text: str) -> str:
+    """`text` (an error message) with the ``user:password@`` of every URI in it replaced by
+    ``***@``: MLflow names the full request URL, credentials included, when one fails."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
+def split_credentials(uri: str) -> tuple[str, str | None]:
+    """(`uri` without its ``user:password@``, the ``Authorization`` header value for them,
+    or ``None`` when it has none)."""
+    import base64
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri, None
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=host)), f"Basic {token}"
+
+
+@contextmanager
+def urls_unprinted(uri: str) -> Iterator[None]:
+    """While in it, MLflow does not print a run's URL to stdout when the run ends on a
+    server (it would print `uri`'s ``user:password@`` with it); for a URI without
+    credentials, nothing changes."""
+    from urllib.parse import urlsplit
+
+    name = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+    previous = os.environ.get(name)
+    quiet = "@" in urlsplit(uri).netloc
+    if quiet:
+        os.environ[name] = "true"
+    try:
+        yield
+    finally:
+        if quiet and previous is None:
+            os.environ.pop(name, None)
+        elif quiet:
+            os.environ[name] = previous
+
+
 DEFAULT_STORE_DIR = Path("mlruns")
 
 
@@ -46,23 +94,29 @@ def default_tracking_uri() -> str:
 
 
 def unreachable(uri: str, timeout_s: float = 2.0) -> str | None:
-    """Why a tracking server cannot be used now (one line), or ``None`` when it answers.
+    """Why a tracking server cannot be used now (one line, credentials redacted), or
+    ``None`` when it answers.
 
-    Only ``http(s)://`` URIs are probed (``GET /health``); MLflow's own client would retry
-    an unreachable server for minutes, stalling whoever asked.
+    Only ``http(s)://`` URIs are probed (``GET /health``, with the URI's ``user:password@``
+    sent as basic auth, as MLflow sends it); MLflow's own client would retry an
+    unreachable server for minutes, stalling whoever asked.
     """
     if not uri.startswith(("http://", "https://")):
         return None
     import urllib.error
     import urllib.request
 
+    base, authorization = split_credentials(uri)
+    request = urllib.request.Request(f"{base.rstrip('/')}/health")
+    if authorization is not None:
+        request.add_header("Authorization", authorization)
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+        with urllib.request.urlopen(request, timeout=timeout_s):
             return None
     except urllib.error.HTTPError:
         return None  # it answered: a server without /health, or behind auth
     except (OSError, ValueError) as err:
-        return f"{type(err).__name__}: {getattr(err, 'reason', err)}"
+        return redact_text(f"{type(err).__name__}: {getattr(err, 'reason', err)}")
 
 
 def artifacts_beside(uri: str) -> str | None:
@@ -97,4 +151,5 @@ def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     ``KILLED`` (interrupted)."""
     from mlflow import MlflowClient
 
-    MlflowClient(tracking_uri).set_terminated(run_id, status)
+    with urls_unprinted(tracking_uri):
+        MlflowClient(tracking_uri).set_terminated(run_id, status)

@@ -47,7 +47,9 @@ def _with_retry(write: Callable[[], object], budget_s: float) -> bool:
             write()
             return True
         except Exception as err:  # store busy or unreachable: say so, retry
-            _send({"error": f"{type(err).__name__}: {err}".splitlines()[0]})
+            from depth.tracking.store import redact_text  # MLflow names the URL, password too
+
+            _send({"error": redact_text(f"{type(err).__name__}: {err}".splitlines()[0])})
             if time.monotonic() + delay > give_up:
                 return False
             time.sleep(delay)

@@ -152,7 +152,9 @@ class BufferedMetricWriter(CheckpointEvents):
                 self._queue[:0] = points
                 self._checkpoints[:0] = checkpoints
         if self.error is None:
-            self.error = f"{type(err).__name__}: {err}".splitlines()[0]
+            from depth.tracking.store import redact_text  # MLflow names the URL, password too
+
+            self.error = redact_text(f"{type(err).__name__}: {err}".splitlines()[0])
             where = (f"spooled to {self.spool.path}; replay with `depth sync "
                      f"{self.spool.directory}`" if self.spool is not None
                      else "kept in memory and retried")

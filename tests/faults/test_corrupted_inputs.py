@@ -86,9 +86,11 @@ def test_garbage_spool_files_are_refused_with_one_reason(tmp_path, lines):
     path = tmp_path / "spool.jsonl"
     path.write_text("\n".join(lines))
     try:
-        sync_spool(path, tracking_uri=f"sqlite:///{tmp_path}/x.db")
+        report = sync_spool(path, tracking_uri=f"sqlite:///{tmp_path}/x.db")
     except SpoolError as err:
         assert "\n" not in str(err)
+    else:
+        assert all("\n" not in line for line in [*report.refused, *report.warnings])
 
 
 def test_a_record_with_the_schema_but_missing_fields_is_refused():

@@ -38,11 +38,11 @@ def test_replay_stores_everything_once_even_when_run_twice(tmp_path, sqlite_run)
         if step % 25 == 0:
             sink.publish_checkpoint(record(step), step)
     sink.close()
-    first = sync_spool(tmp_path / "spool")
+    first = sync_spool(tmp_path / "spool", tracking_uri=uri)
     assert first.points == 100 and first.skipped == 0 and first.runs == [run_id]
     assert history(client, run_id) == list(range(1, 51))
     assert sorted(m.tags["depth.step"] for m in models_of(client, run_id)) == ["25", "50"]
-    again = sync_spool(tmp_path / "spool")
+    again = sync_spool(tmp_path / "spool", tracking_uri=uri)
     assert again.replayed == 0 and again.skipped == first.replayed
     assert history(client, run_id) == list(range(1, 51))
     assert len(models_of(client, run_id)) == 2
@@ -53,9 +53,9 @@ def test_a_replay_cut_off_before_its_bookkeeping_still_writes_nothing_twice(tmp_
     spool = Spool(tmp_path / "spool", uri, run_id)
     spool.add_points([["energy/joules", float(s), 1_000 + s, s] for s in range(1, 11)])
     spool.add_checkpoints([{"record": record(10), "step": 10}])
-    sync_spool(spool.path)
+    sync_spool(spool.path, tracking_uri=uri)
     spool.path.with_name(spool.path.name + ".done").unlink()  # stored, but not marked done
-    report = sync_spool(spool.path)
+    report = sync_spool(spool.path, tracking_uri=uri)
     assert report.replayed == 2
     assert history(client, run_id) == list(range(1, 11))  # MLflow drops identical rows
     assert len(models_of(client, run_id)) == 1  # found by depth.record_sha256
@@ -67,12 +67,12 @@ def test_a_run_that_never_reached_the_server_is_created_once_with_its_end(tmp_pa
     sink = SpoolSink(spool)
     sink.log({"energy/joules": 5.0}, 1)
     sink.close("FAILED")
-    report = sync_spool(tmp_path / "spool")
+    report = sync_spool(tmp_path / "spool", tracking_uri=uri)
     (run_id,) = report.runs
     run = client.get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags["depth.spooled"] == "true"
     assert client.get_experiment(run.info.experiment_id).name == "offline"
-    assert sync_spool(tmp_path / "spool").runs == [run_id]  # no second run
+    assert sync_spool(tmp_path / "spool", tracking_uri=uri).runs == [run_id]  # no second run
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
@@ -82,7 +82,7 @@ def test_a_torn_last_line_is_skipped_and_reported(tmp_path, sqlite_run):
     spool.add_points([["energy/joules", 1.0, 1_000, 1]])
     with open(spool.path, "a") as f:
         f.write('{"id": "x", "points": [["energy/jou')  # a crash mid-write
-    report = sync_spool(spool.path)
+    report = sync_spool(spool.path, tracking_uri=uri)
     assert report.replayed == 1 and "cut short" in report.warnings[0]
     assert history(client, run_id) == [1]
 
@@ -90,8 +90,9 @@ def test_a_torn_last_line_is_skipped_and_reported(tmp_path, sqlite_run):
 def test_a_file_that_is_not_a_spool_is_refused(tmp_path):
     bad = tmp_path / "x.jsonl"
     bad.write_text(json.dumps({"hello": 1}) + "\n")
-    with pytest.raises(SpoolError, match="not a depth spool"):
-        sync_spool(bad)
+    report = sync_spool(bad)  # refused, not raised: it must not stop the rest of a folder
+    assert report.files == 0 and len(report.refused) == 1
+    assert "not a depth spool" in report.refused[0]
     with pytest.raises(SpoolError, match="no such spool"):
         sync_spool(tmp_path / "missing")
 
@@ -107,7 +108,8 @@ def test_sync_cli_replays_and_bad_input_is_one_line(tmp_path, sqlite_run):
     spool = Spool(tmp_path / "spool", uri, run_id)
     spool.add_points([["energy/joules", 3.0, 1_000, 3]])
     cli = [sys.executable, "-m", "depth.cli", "sync"]
-    done = subprocess.run([*cli, str(tmp_path / "spool")], capture_output=True, text=True)
+    done = subprocess.run([*cli, str(tmp_path / "spool"), "--tracking-uri", uri],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "1 events replayed" in done.stdout
     assert history(client, run_id) == [3]
