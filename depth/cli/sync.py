@@ -6,6 +6,7 @@ import sys
 
 from jsonargparse import ArgumentParser, Namespace
 
+from depth.cli import checks
 from depth.cli.common import progress
 
 
@@ -21,6 +22,7 @@ def run_sync(args: Namespace) -> int:
     status 0 when replayed, 1 when the server is down or refuses, 2 for a bad spool."""
     from depth.tracking.spool import SpoolError, sync_spool
 
+    checks.tracking_uri("tracking-uri", args.tracking_uri)
     try:
         report = sync_spool(args.spool, tracking_uri=args.tracking_uri, progress=progress)
     except SpoolError as err:

@@ -165,7 +165,7 @@ def inference_j_per_token(source: str, tracking_uri: str | None = None) -> tuple
     next to a checkpoint, or the ``inference/joules_per_token`` metric of its LoggedModel."""
     eval_file = Path(source + EVAL_SUFFIX)
     if eval_file.is_file():
-        return float(json.loads(eval_file.read_text())["joules_per_token"]), str(eval_file)
+        return _eval_file_j_per_token(eval_file, source), str(eval_file)
     if source.startswith(("runs:/", "models:/", "m-")):
         from mlflow import MlflowClient
 
@@ -179,6 +179,20 @@ def inference_j_per_token(source: str, tracking_uri: str | None = None) -> tuple
                 return float(metric.value), f"{model.model_id} inference/joules_per_token"
     raise ValueError(f"no inference measurement for {source}: run `depth eval {source}` "
                      "first, or give --joules-per-token")
+
+
+def _eval_file_j_per_token(path: Path, source: str) -> float:
+    """``joules_per_token`` of an eval file `depth eval` wrote, checked: the file may have
+    been edited or cut short since."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("joules_per_token")
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object
+        value = None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0 < value < math.inf):
+        raise ValueError(f"{path} has no positive joules_per_token (edited or damaged?): run "
+                         f"`depth eval {source}` again, or give --joules-per-token")
+    return float(value)
 
 
 def amortize_source(source: str, served_tokens: float | None, tokens_per_day: float | None,
