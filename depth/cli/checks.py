@@ -115,6 +115,9 @@ def output_file(name: str, path: str | Path, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
         raise UsageError(f"--{name} {path} exists; pass --force to overwrite it")
     folder = path.absolute().parent
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--{name} {path}: {folder} is a file, not a folder; give another "
+                         "file name")
     if not folder.is_dir():
         raise UsageError(f"--{name} {path}: the folder {folder} does not exist; create it "
                          "first")

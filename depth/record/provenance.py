@@ -153,4 +153,7 @@ def provenance_from_checkpoint(path: str | Path, trust: bool = False) -> Provena
     checkpoint = load_checkpoint(Path(path), trust)
     if CHECKPOINT_KEY not in checkpoint:
         raise ValueError(f"{path} carries no depth record (checkpoint['{CHECKPOINT_KEY}'])")
-    return Provenance.from_dict(checkpoint[CHECKPOINT_KEY])
+    try:
+        return Provenance.from_dict(checkpoint[CHECKPOINT_KEY])
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
