@@ -8,6 +8,7 @@ traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -77,7 +78,19 @@ def build_parser(command: str | None = None) -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``depth`` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        status = _run(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()  # a closed pipe is found here, not at exit
+        return status
+    except BrokenPipeError:
+        # `depth ... | head`: the reader left; exit quietly, as Python's docs advise
+        # (stdout pointed at devnull so that the interpreter's own flush is silent too).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _run(argv: list[str]) -> int:
     parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else "")
     try:
         argv = with_recipe_file(argv)
@@ -93,4 +106,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"depth {args.command}: interrupted", file=sys.stderr)
         return 130
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,8 +35,8 @@ class Command:
 
 
 def positive(name: str, value: float) -> float:
-    if not value > 0:
-        raise UsageError(f"--{name} must be greater than 0 (got {value:g})")
+    if not (value > 0 and math.isfinite(value)):
+        raise UsageError(f"--{name} must be greater than 0 and finite (got {value:g})")
     return value
 
 

@@ -11,6 +11,8 @@ from jsonargparse import ArgumentParser, Namespace
 
 from depth.cli.common import UsageError, positive
 
+MAX_SECONDS = 86_400.0  # a day; for longer, meter the job itself (DepthCallback)
+
 # ----------------------------------------------------------------------------- meters
 
 def declare_meters(p: ArgumentParser) -> None:
@@ -80,6 +82,9 @@ def run_meters(args: Namespace) -> int:
     from depth.meters.rapl import POWERCAP_ROOT
 
     seconds = positive("seconds", args.seconds)
+    if not seconds <= MAX_SECONDS:  # a reading, not a daemon (1e308 s would never end)
+        raise UsageError(f"--seconds takes at most {MAX_SECONDS:g} s, a day (got "
+                         f"{seconds:g}); meter a longer job with DepthCallback")
     gpus = _parse_gpus(args.gpus)
     root = Path(args.powercap_root) if args.powercap_root else POWERCAP_ROOT
     try:

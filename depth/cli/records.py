@@ -7,6 +7,8 @@ import sys
 
 from jsonargparse import ArgumentParser, Namespace
 
+from depth.cli import checks
+
 
 # ----------------------------------------------------------------------------- verify
 
@@ -43,6 +45,7 @@ def run_provenance(args: Namespace) -> int:
     """`depth provenance`: the energy record of a model, as a table or JSON."""
     from depth.tracking.sources import read_provenance
 
+    checks.tracking_uri("tracking-uri", args.tracking_uri)
     try:
         record = read_provenance(args.source, tracking_uri=args.tracking_uri, trust=args.trust)
     except (OSError, ValueError) as err:
@@ -96,25 +99,27 @@ def declare_card(p: ArgumentParser) -> None:
                    "models:/NAME/VERSION, models:/NAME@ALIAS, or m-MODEL_ID.")
     p.add_argument("--output", type=str, default=None,
                    help="Write the YAML block to this file (default: print it).")
+    p.add_argument("--force", "--overwrite", action="store_true",
+                   help="Replace the --output file when it exists.")
     p.add_argument("--tracking-uri", type=str, default=None,
                    help="MLflow store for runs:/ and models:/ sources.")
 
 
 def run_card(args: Namespace) -> int:
     """`depth card`: Hugging Face model-card metadata (co2_eq_emissions and depth)."""
-    from pathlib import Path
-
     from depth.record.card import card_yaml
     from depth.tracking.sources import read_provenance
 
+    output = checks.output_file("output", args.output, args.force) if args.output else None
+    checks.tracking_uri("tracking-uri", args.tracking_uri)
     try:
         text = card_yaml(read_provenance(args.source, tracking_uri=args.tracking_uri))
     except (OSError, ValueError) as err:
         print(f"depth card: {err}", file=sys.stderr)
         return 2
-    if args.output:
-        Path(args.output).write_text(text)
-        print(f"wrote {args.output}", file=sys.stderr)
+    if output is not None:
+        checks.write_atomically("output", output, text)
+        print(f"wrote {output}", file=sys.stderr)
     else:
         print(text, end="")
     return 0

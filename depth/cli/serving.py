@@ -9,6 +9,7 @@ from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
 
+from depth.cli import checks
 from depth.cli.common import UsageError, int_list, one_line, positive, progress
 
 # ----------------------------------------------------------------------------- eval
@@ -53,6 +54,7 @@ def run_eval(args: Namespace) -> int:
     from depth.serving.evaluation import evaluate
     from depth.serving.inference import EvalConfig, sweep_sizes
 
+    _check_eval(args)  # all of it before the model is loaded and measured
     cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     sizes = int_list("batch-sizes", args.batch_sizes) or sweep_sizes(None, 1024 if cuda else 64)
     try:
@@ -73,11 +75,38 @@ def run_eval(args: Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"depth eval: {one_line(err)}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # a CPU allocation failure is not torch.OutOfMemoryError
+        if "allocate" not in str(err):
+            raise
+        print(f"depth eval: out of memory ({one_line(err)[:160]}); give smaller "
+              "--batch-sizes", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     _print_eval(result)
     return 0
+
+
+def _check_eval(args: Namespace) -> None:
+    """Every `depth eval` option that can be checked without measuring."""
+    from depth.serving import physics
+    from depth.serving.inference import MAX_BATCH_SIZE, MAX_WINDOW_S
+
+    checks.device("device", args.device)
+    checks.meter("meter", args.meter)
+    checks.bounded("min-window-s", args.min_window_s, 0.0, MAX_WINDOW_S, " s")
+    checks.bounded("idle-s", args.idle_s, 0.0, MAX_WINDOW_S, " s")
+    positive("temperature-k", args.temperature_k)  # else refused only after measuring
+    sizes = int_list("batch-sizes", args.batch_sizes) or []
+    if sizes and max(sizes) > MAX_BATCH_SIZE:
+        raise UsageError(f"--batch-sizes go up to {MAX_BATCH_SIZE:,} (got {max(sizes):,})")
+    if args.hardware:
+        try:
+            physics.hardware(args.hardware)
+        except ValueError as err:
+            raise UsageError(f"--hardware: {one_line(err)}") from None
+    checks.tracking_uri("tracking-uri", args.tracking_uri)
 
 
 def _print_eval(result: dict[str, Any]) -> None:
@@ -154,6 +183,7 @@ def run_amortize(args: Namespace) -> int:
 
     if args.served_tokens is None and (args.tokens_per_day is None or args.days is None):
         raise UsageError("give --served-tokens N, or --tokens-per-day R with --days D")
+    checks.tracking_uri("tracking-uri", args.tracking_uri)
     for name in ("served_tokens", "tokens_per_day", "days", "joules_per_token"):
         value = getattr(args, name)
         if value is not None:
@@ -210,8 +240,9 @@ def run_report(args: Namespace) -> int:
     from depth.serving.report import format_table, make_report
     from depth.tracking.store import default_tracking_uri
 
+    checks.tracking_uri("tracking-uri", args.tracking_uri)
+    out = checks.writable_dir("out", args.out or Path("reports") / args.experiment)
     uri = args.tracking_uri or default_tracking_uri()
-    out = Path(args.out or Path("reports") / args.experiment)
     try:
         report = make_report(args.experiment, uri, out, args.all_checkpoints,
                              log=not args.no_log)

@@ -6,6 +6,7 @@ import sys
 
 from jsonargparse import ArgumentParser, Namespace
 
+from depth.cli import checks
 from depth.cli.common import progress
 
 
@@ -26,6 +27,7 @@ def run_sync(args: Namespace) -> int:
     folder), 2 for a bad spool or one recorded for another store."""
     from depth.tracking.spool import SpoolError, sync_spool
 
+    checks.tracking_uri("tracking-uri", args.tracking_uri)
     try:
         report = sync_spool(args.spool, tracking_uri=args.tracking_uri, progress=progress)
     except SpoolError as err:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
 
 from depth.serving.physics import GPT3_J_PER_PARAMETER
+from depth.cli import checks
 from depth.cli.common import UsageError, one_line, progress
 
 # ----------------------------------------------------------------------------- train, run
@@ -25,9 +27,13 @@ def _recipe_of(args: Namespace) -> Any:
     parser = ArgumentParser(exit_on_error=False)
     declare(parser)
     try:
-        return to_recipe(parser, args)
+        recipe = to_recipe(parser, args)
     except (TypeError, ValueError) as err:
         raise UsageError(one_line(err)) from None
+    checks.meter("depth.meter", recipe.depth.meter)  # now, not when the fit starts
+    if recipe.tracking.enabled:
+        checks.tracking_uri("tracking.tracking_uri", recipe.tracking.tracking_uri)
+    return recipe
 
 
 def _train(recipe: Any) -> Any:
@@ -155,6 +161,9 @@ def with_recipe_file(argv: list[str]) -> list[str]:
     from depth.gpt.recipe import recipe_path
 
     rest = argv[1:]
+    for i, arg in enumerate(rest[:-1]):
+        if arg == "--config":
+            _readable_recipe(Path(rest[i + 1]))
     if rest and not rest[0].startswith("-"):
         name, rest = rest[0], rest[1:]
     elif argv[0] == "run" and "--config" not in rest and not {"-h", "--help"} & set(rest):
@@ -165,4 +174,17 @@ def with_recipe_file(argv: list[str]) -> list[str]:
         path = recipe_path(name)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    _readable_recipe(path)
     return [argv[0], "--config", str(path), *rest]
+
+
+def _readable_recipe(path: Path) -> None:
+    """A recipe file must be UTF-8 text (YAML's encoding): jsonargparse would fail on
+    anything else with a traceback."""
+    try:
+        path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"recipe {path} is not UTF-8 text (byte {err.object[err.start]:#04x} "
+                         f"at offset {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise UsageError(f"recipe {path}: cannot read it ({err.strerror or err})") from None

@@ -7,6 +7,7 @@ Framework wiring only; the model, data and options live in `depth.gpt` and
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -68,6 +69,32 @@ def _accelerator(recipe: Recipe) -> str:
     if recipe.train.accelerator == "gpu" and not torch.cuda.is_available():
         raise ValueError("train.accelerator is gpu but no CUDA GPU is visible; use auto or cpu")
     return recipe.train.accelerator
+
+
+def _out_dir(recipe: Recipe) -> Path:
+    """``train.out_dir``, created, once it is known to take files (not after the fit)."""
+    out = Path(recipe.train.out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise ValueError(f"train.out_dir {out}: cannot write there "
+                         f"({err.strerror or err}); give a writable folder") from None
+    return out
+
+
+def _parent_file(recipe: Recipe) -> Path | None:
+    """``init_from``, when it is a file (its record is checked when it is loaded)."""
+    if not recipe.init_from:
+        return None
+    path = Path(recipe.init_from)
+    if path.is_dir():
+        raise ValueError(f"init_from {path} is a directory; give the parent's checkpoint "
+                         "file (.ckpt)")
+    if not path.is_file():
+        raise ValueError(f"init_from {path}: no such file; give the parent's checkpoint file")
+    return path
 
 
 def _logger(recipe: Recipe) -> Any:
@@ -134,6 +161,8 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None,
     if recipe.train.torch_threads:
         torch.set_num_threads(recipe.train.torch_threads)
     accelerator = _accelerator(recipe)
+    out = _out_dir(recipe)
+    parent = _parent_file(recipe)
     data = datamodule or GPTDataModule(recipe.data, recipe.model.block_size,
                                        recipe.train.batch_size)
     data.setup("fit")
@@ -143,11 +172,13 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None,
                          f"{recipe.data.tokenizer!r}; got {recipe.model.vocab_size}")
     module = GPTModule(recipe.model, recipe.optim)
     module.save_hyperparameters({"recipe": _hyperparameters(recipe)})
-    if recipe.init_from:
+    if parent is not None:
         from depth.record.lineage import load_parent_weights
 
-        load_parent_weights(module, recipe.init_from)
-    out = Path(recipe.train.out_dir)
+        try:
+            load_parent_weights(module, parent)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"init_from: {err}") from None
     depth = recipe.depth
     callback = DepthCallback(depth.meter, sync=depth.sync,
                              log_every_n_steps=depth.log_every_n_steps,

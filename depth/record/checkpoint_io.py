@@ -27,6 +27,10 @@ def load_checkpoint(path: Path, trust: bool = False) -> dict[str, Any]:
 
     import torch
 
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.ckpt"))[:3]
+        raise OSError(f"{path} is a directory; expected a checkpoint file"
+                      + (f" (it holds {', '.join(inside)})" if inside else " (.ckpt)"))
     if not path.is_file():
         raise OSError(f"{path}: no such file")
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from depth.record.digest import CHECKPOINT_KEY, record_sha256
+from depth.record.schema import MAX_GENERATIONS, check_generations, check_record
 
 ATTRIBUTE = "depth_parent"  # set on a module by `load_parent_weights`
 
@@ -35,13 +36,24 @@ def check_parent(record: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Validates a parent record before it is embedded.
 
     Raises:
-        ValueError: The record (or one of its ancestors) fails its own digest.
+        ValueError: The record (or one of its ancestors) fails its own digest, or could
+            not be read (`depth.record.schema`), or its child would be too deep to.
     """
+    try:
+        check_generations(record, MAX_GENERATIONS - 1)  # its child adds one more
+        check_record(record)
+    except ValueError as err:
+        raise ValueError(f"parent {source}: {err}") from None
     for node in chain(record):
         expected = node.get("record_sha256")
         if not expected:
             raise ValueError(f"parent {source}: a record in its lineage has no record_sha256")
-        if record_sha256(node) != expected:
+        try:
+            actual = record_sha256(node)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"parent {source}: a record in its lineage holds values that "
+                             f"are not JSON ({err})") from None
+        if actual != expected:
             raise ValueError(f"parent {source}: a record in its lineage was edited after it "
                              "was written")
     return dict(record)
@@ -65,6 +77,10 @@ def load_parent_weights(module: Any, path: str | Path, strict: bool = True) -> d
     record = checkpoint.get(CHECKPOINT_KEY)
     if not isinstance(record, dict):
         raise ValueError(f"{path} carries no depth record to inherit")
-    module.load_state_dict(checkpoint["state_dict"], strict=strict)
+    try:
+        module.load_state_dict(checkpoint["state_dict"], strict=strict)
+    except (KeyError, RuntimeError) as err:  # torch lists every mismatch, many lines
+        text = " ".join(str(err).split())
+        raise ValueError(f"{path}: its weights do not fit this model ({text[:200]})") from None
     setattr(module, ATTRIBUTE, check_parent(record, str(path)))
     return record

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from depth.record.digest import CHECKPOINT_KEY, record_sha256
-
-SCHEMA = "depth.provenance/1"
+from depth.record.schema import SCHEMA, check_record
 ATTRIBUTION = ("time-interpolated counter updates (update placed at the midpoint between the "
                "reads around it; boundaries on the line between updates); closure exact")
 
@@ -144,14 +143,13 @@ class Provenance:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Provenance":
-        """Reads a record; unknown keys (newer writers) are ignored.
+        """Reads a record; unknown keys (newer writers of the same schema) are ignored.
 
         Raises:
-            ValueError: Not a depth provenance record.
+            ValueError: Not a depth provenance record, one of a schema this depth does not
+                read, or one with a missing or mistyped field (`depth.record.schema`).
         """
-        if not isinstance(data, Mapping) or not str(data.get("schema", "")).startswith(
-                "depth.provenance/"):
-            raise ValueError("not a depth provenance record (no 'schema: depth.provenance/N')")
+        check_record(data)
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -168,4 +166,7 @@ def provenance_from_checkpoint(path: str | Path, trust: bool = False) -> Provena
     checkpoint = load_checkpoint(Path(path), trust)
     if CHECKPOINT_KEY not in checkpoint:
         raise ValueError(f"{path} carries no depth record (checkpoint['{CHECKPOINT_KEY}'])")
-    return Provenance.from_dict(checkpoint[CHECKPOINT_KEY])
+    try:
+        return Provenance.from_dict(checkpoint[CHECKPOINT_KEY])
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None

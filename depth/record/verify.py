@@ -20,13 +20,15 @@ from typing import Any
 
 from depth.record.checkpoint_io import load_checkpoint
 from depth.record.digest import CHECKPOINT_KEY, record_sha256, weights_sha256
+from depth.record.schema import check_generations, check_record
 
 OK, MISMATCH, UNREADABLE = 0, 1, 2
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """The exit status (0 match, 1 mismatch, 2 unreadable) and a one-line reason."""
+    """The exit status (0 match, 1 mismatch, 2 unreadable: no file, or a record this
+    depth cannot read) and a one-line reason."""
 
     status: int
     reason: str
@@ -68,12 +70,25 @@ def verify_checkpoint(path: str | Path, trust: bool = False) -> Verdict:
     record = checkpoint.get(CHECKPOINT_KEY)
     if not isinstance(record, dict):
         return Verdict(MISMATCH, f"{path} carries no depth record (checkpoint['{CHECKPOINT_KEY}'])")
+    try:
+        check_generations(record)  # before digesting it, which recurses per generation
+    except ValueError as err:
+        return Verdict(UNREADABLE, f"{path}: {err}")
     expected_record = record.get("record_sha256")
     if not expected_record:
         return Verdict(MISMATCH, f"{path}: the record has no record_sha256 to check it against")
-    if record_sha256(record) != expected_record:
+    try:
+        actual_record = record_sha256(record)
+    except (TypeError, ValueError) as err:
+        return Verdict(UNREADABLE, f"{path}: the record holds values that are not JSON "
+                                   f"({' '.join(str(err).split())[:200]})")
+    if actual_record != expected_record:
         return Verdict(MISMATCH, f"{path}: the record was edited after it was written "
                                  "(record_sha256 does not match its content)")
+    try:  # sealed, but is it a record this depth can read?
+        check_record(record)
+    except ValueError as err:
+        return Verdict(UNREADABLE, f"{path}: {err}")
     bad = bad_joules(record)
     if bad is not None:
         return Verdict(MISMATCH, f"{path}: the record's {bad} is not energy (joules must be "

@@ -184,9 +184,8 @@ def inference_j_per_token(source: str, tracking_uri: str | None = None
     its LoggedModel), and whether a sensor measured it (``False`` for an estimate)."""
     eval_file = Path(source + EVAL_SUFFIX)
     if eval_file.is_file():
-        saved = json.loads(eval_file.read_text())
-        return (float(saved["joules_per_token"]), str(eval_file),
-                bool(saved.get("measured", False)))
+        j_per_token, measured = _eval_file_j_per_token(eval_file, source)
+        return j_per_token, str(eval_file), measured
     if source.startswith(("runs:/", "models:/", "m-")):
         from mlflow import MlflowClient
 
@@ -217,6 +216,21 @@ def amortize_tags(result: Mapping[str, Any]) -> dict[str, str]:
                                              else str(value))
 
     return {f"depth.amortize.{k}": text(result.get(k)) for k in AMORTIZE_TAGS}
+
+
+def _eval_file_j_per_token(path: Path, source: str) -> tuple[float, bool]:
+    """(``joules_per_token``, ``measured``) of an eval file `depth eval` wrote, checked: the
+    file may have been edited or cut short since."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        value, measured = saved.get("joules_per_token"), saved.get("measured") is True
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object
+        value, measured = None, False
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0 < value < math.inf):
+        raise ValueError(f"{path} has no positive joules_per_token (edited or damaged?): run "
+                         f"`depth eval {source}` again, or give --joules-per-token")
+    return float(value), measured
 
 
 def amortize_source(source: str, served_tokens: float | None, tokens_per_day: float | None,

@@ -39,6 +39,8 @@ import torch
 from depth.serving.physics import J_PER_WH
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MAX_BATCH_SIZE = 65_536  # beyond any sweep that fits; a typo of 1e11 must not reach malloc
+MAX_WINDOW_S = 3_600.0  # longest measuring window or idle stretch (1e308 s overflows sleep)
 
 
 @dataclass
@@ -71,16 +73,18 @@ class EvalConfig:
     remeasures: int = 2
 
     def __post_init__(self) -> None:
-        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise ValueError(f"batch_sizes must be positive ints; got {self.batch_sizes}")
+        if not self.batch_sizes or any(not 1 <= b <= MAX_BATCH_SIZE for b in self.batch_sizes):
+            raise ValueError(f"batch_sizes must be ints from 1 to {MAX_BATCH_SIZE}; got "
+                             f"{self.batch_sizes}")
         if self.prompt_tokens < 1 or self.new_tokens < 1:
             raise ValueError("prompt_tokens and new_tokens must be >= 1")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1; got {self.repeats}")
-        if self.min_window_s < 0 or self.idle_s < 0:
-            raise ValueError("min_window_s and idle_s must be >= 0")
+        if not (0 <= self.min_window_s <= MAX_WINDOW_S and 0 <= self.idle_s <= MAX_WINDOW_S):
+            raise ValueError(f"min_window_s and idle_s must be 0 to {MAX_WINDOW_S:g} s; got "
+                             f"{self.min_window_s:g} and {self.idle_s:g}")
         if not self.max_spread > 1:
             raise ValueError(f"max_spread must be > 1 (a max/min ratio); got {self.max_spread}")
         if self.remeasures < 0:

@@ -154,13 +154,15 @@ def read_done(path: Path) -> tuple[set[str], str | None]:
     """The keys already replayed or set aside, and the run id a replay created."""
     done, run_id = set(), None
     if path.exists():
-        for line in path.read_text().splitlines():
+        for number, line in enumerate(path.read_text().splitlines(), 1):
             try:
                 entry = json.loads(line)
             except ValueError:
                 continue  # a torn last line: that event is replayed again (idempotent)
-            if not isinstance(entry, dict):
-                continue
+            if not (isinstance(entry, dict) and any(isinstance(entry.get(k), str)
+                                                    for k in ("id", "run_id"))):
+                raise SpoolError(f"{path}: line {number} is not a replayed id or run id; the "
+                                 "file was edited or damaged: fix or remove that line")
             done.update([entry["id"]] if isinstance(entry.get("id"), str) else [])
             run_id = entry.get("run_id", run_id)
     return done, run_id
