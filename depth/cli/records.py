@@ -43,6 +43,7 @@ def declare_provenance(p: ArgumentParser) -> None:
 
 def run_provenance(args: Namespace) -> int:
     """`depth provenance`: the energy record of a model, as a table or JSON."""
+    from depth.record.uncertainty import measurement_label
     from depth.tracking.sources import read_provenance
 
     checks.tracking_uri("tracking-uri", args.tracking_uri)
@@ -56,11 +57,14 @@ def run_provenance(args: Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     tokens = "unknown" if record.train_tokens is None else f"{record.train_tokens:,}"
-    rows = [("train energy", f"{record.train_joules:,.1f} J ({record.train_kwh:.6g} kWh)"),
-            ("depth (+ parents)", f"{record.depth_joules:,.1f} J "
-                                  f"({record.depth_joules / 3.6e6:.6g} kWh)"),
+    unmeasured = "unmeasured (no valid reading: missing, not 0)"
+    rows = [("train energy", unmeasured if record.unmeasured else
+             f"{record.train_joules:,.1f} J ({record.train_kwh:.6g} kWh)"),
+            ("depth (+ parents)", unmeasured if record.unmeasured else
+             f"{record.depth_joules:,.1f} J ({record.depth_joules / 3.6e6:.6g} kWh)"),
             ("optimizer steps", f"{record.optimizer_steps:,}"), ("training tokens", tokens),
-            ("wasted (included)", f"{record.wasted_joules:,.1f} J"), ("method", record.method),
+            ("wasted (included)", f"{record.wasted_joules:,.1f} J"),
+            ("method", f"{record.method} ({measurement_label(record.method)})"),
             ("uncertainty", "unknown (a meter without a known bound)" if not record.uncertainty
              else f"+/-{record.uncertainty['relative']:.0%} "
                   f"(+/-{record.uncertainty['joules']:,.1f} J; assumed per method, not "

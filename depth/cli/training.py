@@ -55,14 +55,13 @@ def run_train(args: Namespace) -> int:
 def _print_training(result: Any, extra: Sequence[tuple[str, str]] = ()) -> None:
     record = result.record
     joules = record["train_joules"]
-    from depth.record.uncertainty import is_measured
-
-    measured = is_measured(record["method"])
+    from depth.record.uncertainty import UNMEASURED, measurement_label
     tokens = record["segments"][-1].get("tokens") or 0
     fit_joules = record["segments"][-1]["joules"]
     rows = [
         ("checkpoint", result.checkpoint),
-        ("training energy", f"{joules:,.1f} J = {joules / 3.6e6:.6f} kWh"),
+        ("training energy", "unmeasured (no valid reading: missing, not 0)"
+         if record["method"] == UNMEASURED else f"{joules:,.1f} J = {joules / 3.6e6:.6f} kWh"),
         ("depth (with parents)", f"{record.get('depth_joules', joules):,.1f} J"),
         ("parameters", f"{result.parameters:,}"),
         ("joules per parameter", f"{joules / result.parameters:.3g} J/param (GPT-3: "
@@ -72,7 +71,7 @@ def _print_training(result: Any, extra: Sequence[tuple[str, str]] = ()) -> None:
         ("throughput", f"{result.tokens_per_s:,.0f} tokens/s over {result.wall_s:.1f} s"),
         ("validation loss",
          "-" if result.val_loss is None else f"{result.val_loss:.3f} nats/token"),
-        ("method", f"{record['method']} ({'measured' if measured else 'ESTIMATED: no sensor'})"),
+        ("method", f"{record['method']} ({measurement_label(record['method'])})"),
         *extra,
     ]
     for name, value in rows:

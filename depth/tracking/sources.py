@@ -213,6 +213,12 @@ def checkpoint_of(source: str, tracking_uri: str | None = None, trust: bool = Fa
     record = checkpoint.get(CHECKPOINT_KEY)
     if not isinstance(record, dict):
         raise ValueError(f"{source} carries no depth record")
+    from depth.record.schema import check_record
+
+    try:  # before any measuring: a record of the wrong shape would fail only after it
+        check_record(record)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
     if model_id is None and find_in_mlflow and record.get("record_sha256"):
         from depth.tracking.store import default_tracking_uri, unreachable
 

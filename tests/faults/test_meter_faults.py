@@ -119,6 +119,11 @@ def test_a_meter_failing_from_the_start_is_unmeasured_everywhere(tmp_path, monke
     row = out.splitlines()[2]  # the title, the header, then the one model
     assert "unmeasured" in row and "False" in row and " 0 " not in row
 
+    assert main(["provenance", str(checkpoint_of(trainer))]) == 0
+    shown = capsys.readouterr().out
+    assert "train energy       unmeasured" in shown and "UNMEASURED" in shown
+    assert "0.0 J (0 kWh)" not in shown
+
 
 def test_a_late_meter_counts_from_its_first_valid_reading_and_is_measured(tmp_path):
     meter = ScriptedMeter([math.nan, math.nan, 5000.0])  # 5000 J spent before the fit

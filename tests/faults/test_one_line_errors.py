@@ -101,6 +101,9 @@ def lineage(ctx: dict[str, Any], generations: int, seal_all: bool = True) -> str
             if seal_all or i == generations - 1:
                 node["record_sha256"] = record_sha256(node)
         checkpoint[CHECKPOINT_KEY] = node
+        state = checkpoint.get("callbacks", {}).get("DepthCallback")
+        if state is not None:  # as the callback saves it: its state names the same parent
+            state["parent"] = node["parent"]
         path = ctx["tmp"] / f"lineage-{generations}.ckpt"
         torch.save(checkpoint, path)
     finally:
@@ -204,6 +207,8 @@ CASES: dict[str, Any] = {
         c, lambda r: r.update(segments="none"))], "segments"),
     "provenance-devices-not-a-map": (lambda c: ["provenance", resealed(
         c, lambda r: r.update(devices=[1.0]))], "devices"),
+    "eval-wrong-type": (lambda c: ["eval", resealed(c, lambda r: r.update(
+        train_joules="lots")), *FAST_EVAL], "train_joules"),  # refused before measuring
     "verify-unknown-schema": (lambda c: ["verify", resealed(
         c, lambda r: r.update(schema="other/1"))], "schema"),
     "provenance-newer-schema-missing-field": (lambda c: ["provenance", resealed(
