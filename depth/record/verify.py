@@ -50,13 +50,18 @@ def _joule_fields(record: Mapping[str, Any], at: str = "") -> Iterator[tuple[str
         yield from _joule_fields(record["parent"], at + "parent.")
 
 
-def bad_joules(record: Mapping[str, Any]) -> str | None:
+def bad_joules(record: Mapping[str, Any], numbers_only: bool = False) -> str | None:
     """The first joule figure of a record that is not a finite number >= 0, as
-    ``field = value``; ``None`` when every one is."""
-    for field, value in _joule_fields(record):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not (ok and math.isfinite(value) and value >= 0):
-            return f"{field} = {value!r}"
+    ``field = value``; ``None`` when every one is. With `numbers_only`, only numbers that
+    are not energy (NaN, inf, negative) count, and a record too malformed to walk has none."""
+    try:
+        for field, value in _joule_fields(record):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (ok and math.isfinite(value) and value >= 0) and (ok or not numbers_only):
+                return f"{field} = {value!r}"
+    except (AttributeError, TypeError):  # not a mapping where one belongs
+        if not numbers_only:
+            raise
     return None
 
 
@@ -88,7 +93,9 @@ def verify_checkpoint(path: str | Path, trust: bool = False) -> Verdict:
     try:  # sealed, but is it a record this depth can read?
         check_record(record)
     except ValueError as err:
-        return Verdict(UNREADABLE, f"{path}: {err}")
+        bad = bad_joules(record, numbers_only=True)
+        if bad is None:  # its shape is wrong: unreadable (a NaN or a negative is a mismatch)
+            return Verdict(UNREADABLE, f"{path}: {err}")
     bad = bad_joules(record)
     if bad is not None:
         return Verdict(MISMATCH, f"{path}: the record's {bad} is not energy (joules must be "
