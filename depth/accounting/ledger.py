@@ -23,6 +23,7 @@ from typing import Any
 from depth.accounting.attribution import CounterInterpolator
 
 SCHEMA = 1
+NO_HISTORY_FLAG = "no energy history"  # a fit that starts past step 0 with nothing before it
 
 
 def utc_now() -> str:
@@ -168,6 +169,9 @@ class Ledger:
             "last_reading": dict(start), "methods": methods,
         }
         self.optimizer_steps = step
+        if step > 0 and not self.segments:  # resumed from a checkpoint with no depth history
+            self.add_flag(f"{NO_HISTORY_FLAG} before step {step}: resumed from a checkpoint "
+                          "without a depth history; the energy of those steps is not counted")
 
     def step(self, step: int, observations: Sequence[tuple[float, Mapping[str, float]]],
              tokens: int | None, log: bool = True) -> None:
@@ -267,9 +271,8 @@ class Ledger:
         return out
 
     def settle(self, observations: Sequence[tuple[float, Mapping[str, float]]]) -> None:
-        """Makes every boundary so far final at this read, taken as exact: what a checkpoint
-        does, so that its record and the point of its step are the same number (the last
-        step's boundary moves to the read; the energy between them belongs to that step)."""
+        """Makes every boundary final at this read, taken as exact (a checkpoint: its record
+        and its step's point are then one number; the last step's boundary moves to it)."""
         self._catch_up()
         seg = self._require_open()
         last = seg["last_step"]

@@ -64,7 +64,7 @@ def run_provenance(args: Namespace) -> int:
              f"{record.depth_joules:,.1f} J ({record.depth_joules / 3.6e6:.6g} kWh)"),
             ("optimizer steps", f"{record.optimizer_steps:,}"), ("training tokens", tokens),
             ("wasted (included)", f"{record.wasted_joules:,.1f} J"),
-            ("method", f"{record.method} ({measurement_label(record.method)})"),
+            ("method", f"{record.method} ({measurement_label(record.method, record.measured)})"),
             ("uncertainty", "unknown (a meter without a known bound)" if not record.uncertainty
              else f"+/-{record.uncertainty['relative']:.0%} "
                   f"(+/-{record.uncertainty['joules']:,.1f} J; assumed per method, not "

@@ -71,7 +71,8 @@ def _print_training(result: Any, extra: Sequence[tuple[str, str]] = ()) -> None:
         ("throughput", f"{result.tokens_per_s:,.0f} tokens/s over {result.wall_s:.1f} s"),
         ("validation loss",
          "-" if result.val_loss is None else f"{result.val_loss:.3f} nats/token"),
-        ("method", f"{record['method']} ({measurement_label(record['method'])})"),
+        ("method", f"{record['method']} "
+                   f"({measurement_label(record['method'], record.get('measured'))})"),
         *extra,
     ]
     for name, value in rows:

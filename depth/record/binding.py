@@ -10,12 +10,15 @@ must still match its digest (and, with a key, its signature); anything else is r
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from depth.record.digest import record_sha256
 from depth.record.signing import KEY_ENV, check, signing_key
 
+ALLOW_UNSIGNED_ENV = "DEPTH_ALLOW_UNSIGNED_RESUME"
+UNSIGNED_FLAG = "not covered by a signature"  # how verify finds such a history's flag
 STATE_KEY = "DepthCallback"  # the callback's state key in checkpoint["callbacks"]
 
 # (field of the callback state, field of the record made from it)
@@ -65,9 +68,13 @@ def binding_problem(state: Mapping[str, Any], record: Any, key: bytes | None
         return (f"its resumable state differs from its sealed record in {', '.join(changed)}"
                 " (the state was edited)"), []
     if key is not None and unsigned:
-        return None, [f"resumed from an unsigned record ({KEY_ENV} was not set when it was "
-                      f"saved): steps up to {record.get('optimizer_steps')} are not covered "
-                      "by a signature"]
+        if os.environ.get(ALLOW_UNSIGNED_ENV) != "1":  # a stripped signature looks the same
+            return (f"its record carries no signature while {KEY_ENV} is set (it was saved "
+                    f"without the key, or its signature was stripped); to continue it anyway "
+                    f"set {ALLOW_UNSIGNED_ENV}=1, and the new record will say which steps "
+                    "no signature covers"), []
+        return None, [f"{UNSIGNED_FLAG} up to step {record.get('optimizer_steps')}: "
+                      "resumed from a record that carries no signature"]
     return None, []
 
 

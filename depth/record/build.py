@@ -81,7 +81,8 @@ def build_provenance(state: Mapping[str, Any], *, methods: Mapping[str, str], me
     flags = list(state.get("flags", []))
     if UNMEASURED in order:
         flags.append("unmeasured: " + ("no device" if nothing_measured else "some devices")
-                     + " ever gave a valid energy reading; "
+                     + (" ever gave" if nothing_measured else " never gave")
+                     + " a valid energy reading; "
                      + ("there is no energy figure" if nothing_measured else
                         "train_joules covers the others only, a lower bound"))
     return Provenance(
@@ -91,7 +92,15 @@ def build_provenance(state: Mapping[str, Any], *, methods: Mapping[str, str], me
                 if intensity and not nothing_measured else None),
         uncertainty=uncertainty(by_method), train_joules=train_joules,
         optimizer_steps=state["optimizer_steps"], train_tokens=state["tokens"],
-        devices=dict(state["devices"]), method=combined, measured=is_measured(combined),
+        devices=dict(state["devices"]), method=combined,
+        measured=is_measured(combined) and not _bridged(flags, state["segments"]),
         segments=list(state["segments"]), wasted_joules=state["wasted_joules"],
         weights_sha256=weights_sha256, created=state["saved_at"], hardware=dict(hardware),
         sync=sync, flags=list(dict.fromkeys(flags)), parent=state.get("parent", parent))
+
+
+def _bridged(flags: list[str], segments: list[dict[str, Any]]) -> bool:
+    """Whether a meter fault was bridged (last power x gap: an estimate) anywhere in the
+    history: then the figure is not wholly measured, whatever the meter's method."""
+    every = [*flags, *(f for s in segments for f in (s.get("flags") or []))]
+    return any("bridg" in str(f) for f in every)

@@ -43,7 +43,7 @@ def card_metadata(record: Provenance) -> dict[str, Any]:
         "optimizer_steps": record.optimizer_steps, "train_tokens": record.train_tokens,
         "parameters": record.parameters, "method": record.method,
         "measured": is_measured(record.method) and record.measured is not False,
-        "measurement": measurement_label(record.method),
+        "measurement": measurement_label(record.method, record.measured),
         "wasted_joules": record.wasted_joules, "weights_sha256": record.weights_sha256,
         "record_sha256": record.record_sha256, "known_error": record.known_error,
         "uncertainty": record.uncertainty and {

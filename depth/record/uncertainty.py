@@ -36,12 +36,17 @@ def is_measured(method: str) -> bool:
     return not any(part in NOT_MEASURED for part in method.split("+"))
 
 
-def measurement_label(method: str) -> str:
-    """``measured``, ``ESTIMATED: no sensor`` or ``UNMEASURED: no valid reading``, for
-    displays of a (possibly combined) method."""
+def measurement_label(method: str, measured: bool | None = None) -> str:
+    """``measured``, ``ESTIMATED: no sensor``, ``PARTLY ESTIMATED: ...`` or ``UNMEASURED:
+    no valid reading``, for displays of a (possibly combined) method; `measured` is the
+    record's own verdict, false when a measured meter's faults were bridged."""
     if UNMEASURED in method.split("+"):
         return "UNMEASURED: no valid reading" + ("" if method == UNMEASURED else " from some")
-    return "measured" if is_measured(method) else "ESTIMATED: no sensor"
+    if not is_measured(method):
+        return "ESTIMATED: no sensor"
+    if measured is False:
+        return "PARTLY ESTIMATED: meter faults bridged at the last power (see flags)"
+    return "measured"
 
 
 def relative_bound(method: str) -> float | None:

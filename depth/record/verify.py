@@ -23,6 +23,8 @@ from depth.record.digest import CHECKPOINT_KEY, record_sha256, weights_sha256
 from depth.record.schema import check_generations, check_record
 
 OK, MISMATCH, UNREADABLE = 0, 1, 2
+# flags that say part of a history is not covered: verify's verdict repeats them
+COVERAGE_NOTES = ("not covered by a signature", "no energy history")
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,11 @@ def verify_checkpoint(path: str | Path, trust: bool = False) -> Verdict:
     problem = binding_problem(state, record, None)[0] if state is not None else None
     if problem:  # what a resume would continue is not what the record says
         return Verdict(MISMATCH, f"{path}: a resume would be refused: {problem}")
-    return Verdict(OK, f"{path}: weights and record match ({record.get('train_joules', 0):.6g} J "
-                       f"over {record.get('optimizer_steps')} optimizer steps, "
-                       f"method {record.get('method')}); {why}")
+    energy = ("no energy figure (unmeasured)" if record.get("method") == "unmeasured" else
+              f"{record.get('train_joules', 0):.6g} J")
+    flags = [*(record.get("flags") or []),
+             *(f for s in record.get("segments") or [] for f in s.get("flags") or [])]
+    gaps = [str(f) for f in dict.fromkeys(flags) if any(n in str(f) for n in COVERAGE_NOTES)]
+    return Verdict(OK, f"{path}: weights and record match ({energy} over "
+                       f"{record.get('optimizer_steps')} optimizer steps, method "
+                       f"{record.get('method')}); {why}" + "".join(f"; but {g}" for g in gaps))

@@ -189,3 +189,14 @@ def test_the_jump_bound_uses_the_gpus_power_limit_from_nvml(tmp_path, limit_w, f
         assert "more than 900 W" in jumps[0] and record.train_joules < 1000
     else:
         assert record.train_joules > 1500
+
+
+def test_a_meter_that_fails_mid_run_makes_the_record_partly_estimated(tmp_path):
+    """Bridged energy is an estimate: a meter that answers twice and then never again had
+    ~all of its joules extrapolated, yet the record said measured: true (a new user)."""
+    meter = ScriptedMeter([0.0, 10.0], tail_j=None)  # every later read raises
+    trainer, _ = fit(meter, tmp_path)
+    record = provenance_from_checkpoint(checkpoint_of(trainer))
+    assert record.method == "test-script" and record.train_joules > 10.0
+    assert record.measured is False
+    assert card_metadata(record)["depth"]["measurement"].startswith("PARTLY ESTIMATED")

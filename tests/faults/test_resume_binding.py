@@ -80,16 +80,43 @@ def test_an_untouched_signed_checkpoint_resumes_and_verifies(tmp_path, signed_ch
     assert verify_checkpoint(tmp_path / "after.ckpt").status == OK
 
 
-def test_resuming_an_unsigned_record_with_a_key_is_flagged(tmp_path, monkeypatch):
+def test_resuming_an_unsigned_record_with_a_key_is_refused_unless_allowed_then_flagged(
+        tmp_path, monkeypatch):
+    """A stripped signature looks like a record saved without the key: with a key set, an
+    unsigned history is not continued silently (a new user laundered a forged, unsigned
+    history into a validly signed record this way)."""
     trainer, _ = train(tmp_path / "first")  # no key: unsigned
     monkeypatch.setenv("DEPTH_SIGNING_KEY", KEY)
-    resumed, _ = train(tmp_path / "resumed", steps=6,
-                       ckpt_path=trainer.checkpoint_callback.best_model_path)
+    first = trainer.checkpoint_callback.best_model_path
+    with pytest.raises(ResumeRefused, match="DEPTH_ALLOW_UNSIGNED_RESUME=1"):
+        train(tmp_path / "refused", steps=6, ckpt_path=first)
+    monkeypatch.setenv("DEPTH_ALLOW_UNSIGNED_RESUME", "1")
+    resumed, _ = train(tmp_path / "resumed", steps=6, ckpt_path=first)
     resumed.save_checkpoint(tmp_path / "after.ckpt")
     record = torch.load(tmp_path / "after.ckpt", weights_only=True)["depth"]
     assert record["signature"]["value"]
-    assert any("resumed from an unsigned record" in f and "up to 4" in f
-               for f in record["flags"])
+    assert any("not covered by a signature up to step 4" in f for f in record["flags"])
+    verdict = verify_checkpoint(tmp_path / "after.ckpt")
+    assert verdict.status == OK and "signature valid" in verdict.reason
+    assert "but not covered by a signature up to step 4" in verdict.reason
+
+
+def test_a_history_erased_from_a_checkpoint_is_flagged_not_forgotten(tmp_path, monkeypatch):
+    """Deleting the record and emptying the state left a signed record of the later steps
+    only, with no trace of the earlier ones."""
+    monkeypatch.setenv("DEPTH_SIGNING_KEY", KEY)
+    trainer, _ = train(tmp_path / "first")
+    checkpoint = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)
+    del checkpoint["depth"]
+    checkpoint["callbacks"]["DepthCallback"].update(segments=[], devices={}, train_joules=0.0)
+    torch.save(checkpoint, tmp_path / "erased.ckpt")
+    resumed, _ = train(tmp_path / "resumed", steps=6, ckpt_path=tmp_path / "erased.ckpt")
+    resumed.save_checkpoint(tmp_path / "after.ckpt")
+    record = torch.load(tmp_path / "after.ckpt", weights_only=True)["depth"]
+    flags = [*record["flags"], *(f for s in record["segments"] for f in s["flags"])]
+    assert any("no energy history before step 4" in f for f in flags)
+    verdict = verify_checkpoint(tmp_path / "after.ckpt")
+    assert verdict.status == OK and "but no energy history before step 4" in verdict.reason
 
 
 def test_without_a_key_a_made_up_signature_is_not_checked_never_signed(tmp_path):
