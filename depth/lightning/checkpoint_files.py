@@ -19,11 +19,12 @@ from depth.lightning.sinks import Sinks
 
 
 def checkpoint_dir(trainer: pl.Trainer) -> Path | None:
-    """The folder checkpoints of this fit go to (or come from, on resume), if any."""
-    if trainer.ckpt_path:
-        return Path(trainer.ckpt_path).parent
+    """The folder this fit's checkpoints go to (where its crash sidecar belongs, so that a
+    resume from one of them finds it), else the folder of the checkpoint it resumed from."""
     dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
-    return Path(dirpath) if dirpath else None
+    if dirpath:
+        return Path(dirpath)
+    return Path(trainer.ckpt_path).parent if trainer.ckpt_path else None
 
 
 class CheckpointFiles:

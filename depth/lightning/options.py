@@ -103,23 +103,40 @@ class CallbackOptions:
                              f"int, or None; got {tokens!r}")
         for name in ("sidecar_interval_s", "tracking_retry_s", "flush_interval_s", "max_lag_s"):
             value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0; got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    0 < value <= 86_400):
+                raise ValueError(f"{name} must be a number of seconds, > 0 and at most a day; "
+                                 f"got {value!r}")
+        for name in ("sidecar", "tracking", "log_checkpoints"):  # "no" would be truthy
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
+        if self.log_per_device is not None and not isinstance(self.log_per_device, bool):
+            raise TypeError(f"log_per_device must be True, False or None; got "
+                            f"{self.log_per_device!r}")
+        if not isinstance(self.experiment_name, str) or not self.experiment_name.strip():
+            raise ValueError("experiment_name must be a non-empty string; got "
+                             f"{self.experiment_name!r}")
+        if self.spool_dir is not None:
+            if not isinstance(self.spool_dir, (str, Path)):
+                raise TypeError(f"spool_dir must be a folder path; got {self.spool_dir!r}")
+            folder = Path(self.spool_dir).expanduser()
+            existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+            if existing is not None and not existing.is_dir():
+                raise ValueError(f"spool_dir must be a folder (or a new one); {existing} is "
+                                 "a file")
         if self.mlflow_writer not in MLFLOW_WRITERS:
             raise ValueError(f"mlflow_writer must be one of {', '.join(MLFLOW_WRITERS)}; "
                              f"got {self.mlflow_writer!r}")
         pue = self.pue
         if pue is not None and (isinstance(pue, bool) or not isinstance(pue, (int, float))
-                                or not pue >= 1.0 or pue == float("inf")):
-            raise ValueError(f"pue must be a number >= 1 (facility energy over IT energy); "
-                             f"got {pue!r}")
+                                or not 1.0 <= pue <= 5.0):
+            raise ValueError(f"pue must be a number from 1 to 5 (facility energy over IT "
+                             f"energy; typical data centres 1.1-2); got {pue!r}")
         code = self.country_iso_code
         if code is not None and not (isinstance(code, str) and len(code) == 3 and code.isalpha()):
             raise ValueError("country_iso_code must be an ISO 3166 alpha-3 code such as 'FRA' "
                              f"or 'USA'; got {code!r}")
         self.parent = _checked_parent(self.parent)
-        self.tracking = bool(self.tracking)
-        self.log_checkpoints = bool(self.log_checkpoints)
         self.spool_dir = Path(self.spool_dir) if self.spool_dir is not None else None
 
 

@@ -216,5 +216,10 @@ class Sinks:
             if unreachable(self.own_run[0]) is None:
                 end_run(*self.own_run, status=status)
             elif self._own_spool is not None:  # the server went away mid-run
-                self._own_spool.end(status)
+                try:
+                    self._own_spool.end(status)
+                except OSError as err:  # a spool that cannot be written must not stop a fit
+                    _warn(f"the run's end could not be spooled to "
+                          f"{self._own_spool.directory} ({err}); nothing else is lost: the "
+                          "checkpoints carry their records")
         self._own_spool = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -79,6 +80,8 @@ def event_problem(event: Mapping[str, Any]) -> str | None:
                 isinstance(p, list) and len(p) == 4 and isinstance(p[0], str)
                 and _is_number(p[1]) and _is_int(p[2]) and _is_int(p[3]) for p in points):
             return "points are not [key, value, timestamp_ms, step] lists"
+        if any(p[0].startswith("energy/") and not 0 <= p[1] < math.inf for p in points):
+            return "an energy point that is not a finite number >= 0"
         return None
     if "checkpoint" in event:
         checkpoint = event["checkpoint"]
@@ -92,11 +95,29 @@ def event_problem(event: Mapping[str, Any]) -> str | None:
         record = checkpoint.get("record")
         if not isinstance(record, dict) or not _is_number(record.get("train_joules")):
             return "a checkpoint event without a record (with train_joules)"
-        return None
+        return record_problem(record)
+
     if "end" in event:
         return None if event["end"] in END_STATUSES else \
             f"an end status other than {', '.join(END_STATUSES)}"
     return "not a spool event (no points, checkpoint or end)"
+
+
+def record_problem(record: Mapping[str, Any]) -> str | None:
+    """Why a spooled record may not be published: the checks `depth verify` makes of a
+    record (its shape, its digest, finite joules), since anyone can write a spool line."""
+    from depth.record.digest import record_sha256
+    from depth.record.schema import check_record
+    from depth.record.verify import bad_joules
+
+    try:
+        check_record(record)
+    except ValueError as err:
+        return f"its record is not one depth reads ({err})"
+    if record.get("record_sha256") != record_sha256(record):
+        return "its record does not match its record_sha256 (edited after it was sealed)"
+    bad = bad_joules(record)
+    return f"its record's {bad} is not energy" if bad else None
 
 
 def _header_of(lines: list[str], path: Path) -> dict[str, Any]:

@@ -128,3 +128,21 @@ def test_seeded_scripts_get_distinct_run_names(tmp_path, monkeypatch):
                    max_steps=1, enable_checkpointing=False, **QUIET).fit(TinyLM(), loader(n=8))
         names.append(MlflowClient(uri).get_run(cb.own_run[1]).info.run_name)
     assert names[0] != names[1]
+
+
+def test_a_resumed_fit_keeps_its_crash_sidecar_beside_its_own_checkpoints(tmp_path):
+    """A new user resumed from X/step=6 into Y: the sidecar went to X, so a crash in Y
+    after a checkpoint there lost the energy since it (a resume from Y found nothing)."""
+    first = ModelCheckpoint(dirpath=tmp_path / "X", filename="{step}", save_top_k=-1,
+                            every_n_train_steps=2)
+    cb = DepthCallback(ClockMeter(), tracking=False)
+    pl.Trainer(callbacks=[cb, first], logger=False, default_root_dir=tmp_path, max_steps=4,
+               **QUIET).fit(TinyLM(), loader(n=40))
+    before = (tmp_path / "X" / "depth-ledger.json").read_text()
+    second = ModelCheckpoint(dirpath=tmp_path / "Y", filename="{step}", save_top_k=-1,
+                             every_n_train_steps=2)
+    pl.Trainer(callbacks=[DepthCallback(ClockMeter(), tracking=False), second], logger=False,
+               default_root_dir=tmp_path, max_steps=8, **QUIET).fit(
+        TinyLM(), loader(n=40), ckpt_path=tmp_path / "X" / "step=4.ckpt")
+    assert (tmp_path / "Y" / "depth-ledger.json").is_file()
+    assert (tmp_path / "X" / "depth-ledger.json").read_text() == before

@@ -157,6 +157,25 @@ def test_malformed_events_are_set_aside_and_the_rest_of_the_folder_is_replayed(t
     assert again.replayed == 0 and again.set_aside == 0 and again.skipped == 7
 
 
+def test_non_energy_values_and_unsealed_records_are_set_aside(tmp_path, sqlite_run):
+    """A new user planted NaN, -inf and -5 J points and a record of 1e999 J (no schema, no
+    digest): sync stored them all, and made a LoggedModel of the record."""
+    uri, client, run_id = sqlite_run
+    spool = Spool(tmp_path / "spool", uri, run_id)
+    spool.add_points([["energy/joules", 1.0, 1_000, 1]])
+    with open(spool.path, "a") as f:
+        for i, value in enumerate([float("nan"), float("-inf"), -5.0]):
+            f.write(json.dumps({"id": f"p{i}", "points": [["energy/joules", value, 2, 2]]}))
+            f.write("\n")
+        f.write(json.dumps({"id": "r", "checkpoint": {"record": {"train_joules": 1e999},
+                                                      "step": 2}}) + "\n")
+    report = sync_spool(tmp_path / "spool", tracking_uri=uri)
+    assert [m.value for m in client.get_metric_history(run_id, "energy/joules")] == [1.0]
+    assert report.replayed == 1 and report.set_aside == 4
+    assert not client.search_logged_models(experiment_ids=[
+        client.get_run(run_id).info.experiment_id])
+
+
 def _offline_spool(tmp_path: Path, uri: str) -> Path:
     spool = Spool(tmp_path / "spool", uri, None, experiment_name="offline")
     spool.add_points([["energy/joules", float(s), 1_000 + s, s] for s in range(1, 4)])
