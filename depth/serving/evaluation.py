@@ -206,7 +206,9 @@ def inference_j_per_token(source: str, tracking_uri: str | None = None
             return (float(latest.value), f"{model.model_id} inference/joules_per_token",
                     model.tags.get("depth.inference_measured") == "true")
     raise ValueError(f"no inference measurement for {source}: run `depth eval {source}` "
-                     "first, or give --joules-per-token")
+                     "first (with --model-class package.module:Class for your own "
+                     f"LightningModule, or --source {source} for a model measured elsewhere), "
+                     "or give --joules-per-token")
 
 
 AMORTIZE_TAGS = ("served_tokens", "tokens_per_day", "days", "inference_j_per_token",

@@ -100,3 +100,11 @@ def test_a_model_without_a_record_needs_a_source_and_attaches_to_it(trained, cap
 def test_a_bad_context_is_refused(capsys, tmp_path):
     status, _, err = eval_cli(capsys, str(tmp_path / "x.ckpt"), "--context-tokens", "0")
     assert status == 2 and "--context-tokens" in err
+
+
+def test_amortize_before_any_eval_names_the_user_class_route(trained, capsys):
+    _, (step2, _) = trained
+    status = main(["amortize", step2, "--served-tokens", "1000", "--no-log"])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.splitlines()) == 1
+    assert "--model-class package.module:Class" in err and f"--source {step2}" in err
