@@ -80,7 +80,18 @@ def offers_kv_cache(model: Any) -> bool:
         return False
 
 
-class RecomputeRunner:
+class Runner:
+    """What `measure` drives. With `splits`, it calls ``start(prompt) -> state`` untimed,
+    then times ``prefill(prompt)`` and ``decode(state, new_tokens)`` apart; without, it
+    times ``generate(prompt, new_tokens)``. Other loaders (a Hugging Face model, ...) plug
+    in by subclassing it."""
+
+    kv_cache: bool | None = None  # reported as is: True, False, or None (unknown)
+    splits = False
+    context: int | None = None  # the longest context the model sees, when known
+
+
+class RecomputeRunner(Runner):
     """Greedy generation through ``forward(idx)`` alone: every step runs the whole context
     again (cropped to the model's)."""
 
@@ -161,11 +172,8 @@ class CachedRunner(RecomputeRunner):
             idx = torch.cat([idx, nxt], dim=1)
 
 
-class GenerateRunner:
+class GenerateRunner(Runner):
     """A ``generate(prompt, new_tokens)`` callable: one window per generation."""
-
-    kv_cache: bool | None = None  # the callable's business
-    splits = False
 
     def __init__(self, generate: Callable[[torch.Tensor, int], Any],
                  kv_cache: bool | None = None):
@@ -186,8 +194,7 @@ class GenerateRunner:
 
 
 def runner_for(model: Any = None, generate: Callable[[torch.Tensor, int], Any] | None = None,
-               context: int | None = None, kv_cache: bool | None = None
-               ) -> RecomputeRunner | GenerateRunner:
+               context: int | None = None, kv_cache: bool | None = None) -> Runner:
     """The runner for a model (its cache used when it offers one, unless `kv_cache` is
     ``False``) or for a `generate` callable; `context` overrides the model's own."""
     if (model is None) == (generate is None):

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from depth.serving.adapters import GenerateRunner, RecomputeRunner, runner_for
+from depth.serving.adapters import RecomputeRunner, Runner, runner_for
 from depth.serving.physics import J_PER_WH
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -222,13 +222,13 @@ def measure(model: Any, read: Reader, config: EvalConfig, vocab_size: int | None
     `EnergyMeter`'s ``read``); returns tokens/Wh per batch size.
 
     Args:
-        model: A model (see the module's docstring), or a runner of
-            `depth.serving.adapters` (e.g. a `GenerateRunner` around a callable).
+        model: A model (see the module's docstring), or a `depth.serving.adapters.Runner`
+            (e.g. a `GenerateRunner` around a callable).
         vocab_size: Token ids of the random prompts are below it (default: the logits').
         context_tokens: The model's longest context (default: what the model says).
         kv_cache: ``False`` recomputes the context even for a model with a cache.
     """
-    runner = (model if isinstance(model, (RecomputeRunner, GenerateRunner))
+    runner = (model if isinstance(model, Runner)
               else runner_for(model, context=context_tokens, kv_cache=kv_cache))
     device = torch.device(device)
     if isinstance(runner, RecomputeRunner) and isinstance(runner.model, torch.nn.Module):
