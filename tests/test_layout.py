@@ -136,6 +136,11 @@ def test_public_names():
     assert callable(read_provenance) and callable(auto_meter)
     assert Provenance.__module__ == "depth.record.provenance"
     assert hasattr(EnergyMeter, "read")
+    from depth import inference_table, log_inference, measure_inference  # issue 14.6
+
+    assert measure_inference.__module__ == "depth.serving.api"
+    assert log_inference.__module__ == "depth.serving.attach"
+    assert inference_table.__module__ == "depth.serving.table"
 
 
 def test_the_cycle_finder_finds_a_cycle():

@@ -15,8 +15,23 @@ from depth.cli.common import UsageError, int_list, one_line, positive, progress
 # ----------------------------------------------------------------------------- eval
 
 def declare_eval(p: ArgumentParser) -> None:
-    p.add_argument("source", type=str, help="A checkpoint file, or runs:/RUN_ID, "
+    p.add_argument("model", type=str, help="A checkpoint file, or runs:/RUN_ID, "
                    "models:/NAME/VERSION, m-MODEL_ID when the checkpoint file was logged.")
+    p.add_argument("--model-class", type=str, default=None,
+                   help="package.module:Class of your own LightningModule, loaded with "
+                   "Class.load_from_checkpoint and run greedily through forward(idx) (default: "
+                   "a checkpoint of depth's GPT recipe).")
+    p.add_argument("--source", type=str, default=None,
+                   help="The trained model the result belongs to (a checkpoint, runs:/, "
+                   "models:/ or m-): its record and LoggedModel get the figures (default: the "
+                   "model's own record).")
+    p.add_argument("--context-tokens", type=int, default=None,
+                   help="The model's longest context; longer prompts + new tokens are cropped "
+                   "to it (default: block_size or the like, found on the model).")
+    p.add_argument("--no-kv-cache", action="store_true",
+                   help="Recompute the context every step even if the model offers a KV cache.")
+    p.add_argument("--trust", action="store_true",
+                   help="Let the checkpoint run the code it pickles (only for files you trust).")
     p.add_argument("--batch-sizes", type=str, default=None,
                    help="Comma-separated batch sizes (default 1,4,16,64 on a CPU; on a GPU "
                    "x4 up to 1024 or the first that does not fit).")
@@ -68,10 +83,13 @@ def run_eval(args: Namespace) -> int:
         raise UsageError(str(err)) from None
 
     try:
-        result = evaluate(args.source, config, device=args.device, meter=args.meter,
+        result = evaluate(args.model, config, device=args.device, meter=args.meter,
                           hardware=args.hardware, temperature_k=args.temperature_k,
                           loss_batches=args.loss_batches, tracking_uri=args.tracking_uri,
-                          log=not args.no_log, progress=progress)
+                          log=not args.no_log, progress=progress, trust=args.trust,
+                          model_class=args.model_class, attach_to=args.source,
+                          context_tokens=args.context_tokens,
+                          kv_cache=False if args.no_kv_cache else None)
     except (OSError, ValueError) as err:
         print(f"depth eval: {one_line(err)}", file=sys.stderr)
         return 2
@@ -107,60 +125,21 @@ def _check_eval(args: Namespace) -> None:
         except ValueError as err:
             raise UsageError(f"--hardware: {one_line(err)}") from None
     checks.tracking_uri("tracking-uri", args.tracking_uri)
+    if args.context_tokens is not None and args.context_tokens < 1:
+        raise UsageError(f"--context-tokens must be >= 1 (got {args.context_tokens})")
+    if args.model_class is not None:
+        from depth.serving.models import import_class
+
+        try:  # a typo in the class fails before the checkpoint is read
+            import_class(args.model_class)
+        except ValueError as err:
+            raise UsageError(one_line(err)) from None
 
 
 def _print_eval(result: dict[str, Any]) -> None:
-    measured = "measured" if result["measured"] else "ESTIMATED: no sensor"
-    print(f"depth eval: {result['source']}  ({result['device']}, {result['dtype']}, "
-          f"{result['method']}, {measured})")
-    if result.get("uncertainty"):
-        print(f"  uncertainty +/-{result['uncertainty']['relative']:.0%} on every energy figure "
-              "(assumed for the method, not measured here)")
-    basis = result.get("energy_basis") or {}
-    if basis.get("attribution") == "process":
-        print("  CPU joules: this process's CPU time x TDP share (other processes' work is "
-              "not billed; idle power is not included)")
-    if result["idle_w"] is not None:
-        print(f"  idle power {result['idle_w']:.1f} W")
-    print(f"  {'batch':>6} {'tokens':>8} {'joules':>10} {'seconds':>9} {'tokens/Wh':>12} "
-          f"{'(min-max)':>21} {'net tok/Wh':>11} {'prefill J':>10} {'decode J':>10} "
-          f"{'spread':>8}")
-    for b in result["batches"]:
-        low, high = b["tokens_per_wh_spread"]
-        net = "-" if b["net_tokens_per_wh"] is None else f"{b['net_tokens_per_wh']:,.0f}"
-        spread = f"x{b['spread_ratio']:.3g}" + (" UNSTABLE" if b["unstable"] else "")
-        print(f"  {b['batch_size']:>6} {b['tokens']:>8} {b['joules']:>10.4g} "
-              f"{b['seconds']:>9.4f} {b['tokens_per_wh']:>12,.0f} "
-              f"{f'{low:,.0f}-{high:,.0f}':>21} {net:>11} {b['prefill_joules']:>10.4g} "
-              f"{b['decode_joules']:>10.4g} {spread:>8}")
-    for b in result["batches"]:
-        if b["unstable"]:
-            print(f"  UNSTABLE batch {b['batch_size']}: its {b['repeats']} repeats spread "
-                  f"x{b['spread_ratio']:.3g} (max/min) in each of {b['attempts']} attempts; "
-                  "its figures are not reliable (a busy machine?)")
-    if result.get("stopped"):
-        print(f"  sweep stopped: {result['stopped']}")
-    phys = result["physics"]
-    print(f"  best{' (UNSTABLE)' if result['best_unstable'] else ''}: batch "
-          f"{result['best_batch_size']}, {result['tokens_per_wh']:,.0f} tokens/Wh,"
-          f" {result['joules_per_token']:.4g} J/token, "
-          f"{phys['wh_per_million_tokens']:.4g} Wh per million tokens")
-    if "ceiling_fraction" in phys:
-        print(f"  compute ceiling on {phys['hardware']}: {phys['ceiling_tokens_per_wh']:,.0f} "
-              f"tokens/Wh; achieved {phys['ceiling_fraction']:.1%}")
-    else:
-        print("  compute ceiling: no hardware figure (give --hardware, e.g. "
-              "custom:PEAK_TFLOPS:WATTS for a CPU)")
-    if phys.get("landauer_ratio"):
-        print(f"  Landauer: {phys['bits_removed_per_token']:.2f} bits removed per token "
-              f"(held-out loss {phys['held_out_loss_nats']:.3f} nats), bound "
-              f"{phys['landauer_j_per_token']:.3g} J/token; measured is "
-              f"{phys['landauer_ratio']:.3g} times that")
-    print(f"  break-even: after {result['break_even_tokens']:,.0f} served tokens, serving has "
-          f"used as much energy as training ({result['depth_joules']:,.1f} J)")
-    where = (f"logged on LoggedModel {result['logged_model']}" if result["logged_model"]
-             else "not logged to MLflow (no LoggedModel found for this checkpoint)")
-    print(f"  {where}" + (f"; written to {result['written']}" if result.get("written") else ""))
+    from depth.serving.table import format_eval
+
+    print(format_eval(result))
 
 
 # ----------------------------------------------------------------------------- amortize

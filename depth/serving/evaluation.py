@@ -14,9 +14,16 @@ import torch
 
 from depth.serving import physics
 from depth.serving.amortize import amortize, duration_text
+from depth.serving.attach import (  # noqa: F401  (EVAL_SUFFIX, metrics: names others use)
+    EVAL_SUFFIX,
+    Target,
+    _log_model_metrics,
+    attach,
+    log_inference_metrics,
+    resolve_target,
+    target_for,
+)
 from depth.serving.inference import EvalConfig, measure
-
-EVAL_SUFFIX = ".depth-eval.json"
 
 
 def held_out_loss(module: Any, recipe: Mapping[str, Any] | None, batches: int) -> float | None:
@@ -82,22 +89,22 @@ def energy_basis(meter: Any) -> dict[str, Any] | None:
     return None
 
 
-def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: Any = "auto",
-             hardware: str | None = None, temperature_k: float = 300.0, loss_batches: int = 8,
-             tracking_uri: str | None = None, log: bool = True, trust: bool = False,
-             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Measures the model at `source`; returns one JSON-ready object (see `depth eval`).
+def measure_result(model: Any, config: EvalConfig, device: str | torch.device | None = None,
+                   meter: Any = "auto", *, vocab_size: int | None = None,
+                   hardware: str | None = None, temperature_k: float = 300.0,
+                   loss_nats: float | None = None, flops_per_token: float | None = None,
+                   context_tokens: int | None = None, kv_cache: bool | None = None,
+                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measures `model` (a model or a runner of `depth.serving.adapters`) with a meter and
+    sets it against physics: the JSON-ready result, before it is attached to a source.
 
     `meter` is ``"auto"``, a meter name, or an `EnergyMeter` (closed when done)."""
-    from depth.serving.models import load_model
-
-    loaded = load_model(source, tracking_uri=tracking_uri, trust=trust, find_in_mlflow=log)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    loss = held_out_loss(loaded.module, loaded.recipe, loss_batches)
     energy = _eval_meter(dev, meter)
     try:
-        result = measure(loaded.module, energy.read, config, loaded.vocab_size, dev,
-                         method=energy.method, progress=progress).to_dict()
+        result = measure(model, energy.read, config, vocab_size, dev, method=energy.method,
+                         progress=progress, context_tokens=context_tokens,
+                         kv_cache=kv_cache).to_dict()
         result["energy_basis"] = energy_basis(energy)
     finally:
         energy.close()
@@ -113,68 +120,67 @@ def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: 
 
     result["measured"] = is_measured(result["method"])
     result["uncertainty"] = of_method(result["method"])
-    result["physics"] = physics_of(result, loaded.vocab_size, loss, loaded.flops_per_token,
+    result["physics"] = physics_of(result, result["vocab_size"], loss_nats, flops_per_token,
                                    device_hw, temperature_k)
-    result["source"] = source
-    result["record_sha256"] = loaded.record.get("record_sha256")
-    result["train_joules"] = loaded.record["train_joules"]
-    result["depth_joules"] = loaded.record.get("depth_joules", loaded.record["train_joules"])
-    result["parameters"] = loaded.record.get("parameters")
-    result["break_even_tokens"] = result["depth_joules"] / result["joules_per_token"]
-    result["logged_model"] = None
-    if not source.startswith(("runs:/", "models:/", "m-")):
-        Path(source + EVAL_SUFFIX).write_text(json.dumps(result, indent=2))
-        result["written"] = source + EVAL_SUFFIX
-    if log and loaded.model_id and loaded.tracking_uri:
-        log_inference(loaded.tracking_uri, loaded.model_id, result)
-        result["logged_model"] = loaded.model_id
     return result
 
 
-def _log_model_metrics(tracking_uri: str, model_id: str, metrics: list[tuple[str, float, int]],
-                       tags: Mapping[str, str] | None = None) -> None:
-    import time
+def _target_of(loaded: Any, model: str, source: str | None, tracking_uri: str | None,
+               log: bool, trust: bool) -> Target:
+    """Where the result goes: `source` (``--source``), else the model's own record.
 
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
+    Raises:
+        ValueError: The model carries no record and no `source` is given, or its record is
+            another model's than `source`'s (one line).
+    """
+    if source is None:
+        if loaded.record is None:
+            raise ValueError(f"{model} carries no depth record: give --source naming the "
+                             "trained model (a checkpoint, runs:/, models:/ or m-)")
+        return target_for(model, loaded.record, tracking_uri if loaded.model_id is None
+                          else loaded.tracking_uri, log, loaded.model_id)
+    target = resolve_target(source, tracking_uri, log, trust)
+    own, theirs = (loaded.record or {}).get("record_sha256"), target.record.get("record_sha256")
+    if own and theirs and own != theirs:
+        raise ValueError(f"{model} carries its own depth record (sha256 {own[:12]}), not "
+                         f"{source}'s ({theirs[:12]}): leave out --source to attach the "
+                         "result to the model's own record")
+    return target
 
-    client = MlflowClient(tracking_uri)
-    model = client.get_logged_model(model_id)
-    now = int(time.time() * 1000)
-    client.log_batch(model.source_run_id, metrics=[
-        Metric(k, float(v), now, step, model_id=model_id) for k, v, step in metrics
-        if v is not None and math.isfinite(v)])
-    if tags:
-        client.set_logged_model_tags(model_id, dict(tags))
 
+def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: Any = "auto",
+             hardware: str | None = None, temperature_k: float = 300.0, loss_batches: int = 8,
+             tracking_uri: str | None = None, log: bool = True, trust: bool = False,
+             progress: Callable[[str], None] | None = None, model_class: str | None = None,
+             attach_to: str | None = None, context_tokens: int | None = None,
+             kv_cache: bool | None = None) -> dict[str, Any]:
+    """Measures the model at `source`; returns one JSON-ready object (see `depth eval`).
 
-def log_inference(tracking_uri: str, model_id: str, result: Mapping[str, Any]) -> None:
-    """``inference/*`` metrics on the LoggedModel: the best batch's tokens/Wh and J/token,
-    and per batch size (the metric's step is the batch size)."""
-    metrics = [("inference/tokens_per_wh", result["tokens_per_wh"], 0),
-               ("inference/joules_per_token", result["joules_per_token"], 0),
-               ("inference/best_batch_size", result["best_batch_size"], 0)]
-    for b in result["batches"]:
-        metrics += [("inference/tokens_per_wh_by_batch", b["tokens_per_wh"], b["batch_size"]),
-                    ("inference/prefill_joules_by_batch", b["prefill_joules"], b["batch_size"]),
-                    ("inference/decode_joules_by_batch", b["decode_joules"], b["batch_size"]),
-                    ("inference/spread_ratio_by_batch", b["spread_ratio"], b["batch_size"]),
-                    ("inference/attempts_by_batch", b["attempts"], b["batch_size"]),
-                    ("inference/unstable_by_batch", float(b["unstable"]), b["batch_size"])]
-        if b["net_tokens_per_wh"] is not None:
-            metrics.append(("inference/net_tokens_per_wh_by_batch", b["net_tokens_per_wh"],
-                            b["batch_size"]))
-    phys = result.get("physics", {})
-    for key in ("ceiling_fraction", "landauer_ratio"):
-        if phys.get(key) is not None:
-            metrics.append((f"inference/{key}", phys[key], 0))
-    metrics.append(("amortize/break_even_tokens", result["break_even_tokens"], 0))
-    _log_model_metrics(tracking_uri, model_id, metrics, {
-        "depth.inference_method": result["method"], "depth.inference_device": result["device"],
-        "depth.inference_dtype": result["dtype"],
-        "depth.inference_measured": str(result["measured"]).lower(),
-        "depth.inference_unstable_batches": ",".join(map(str, result["unstable_batches"]))
-        or "none"})
+    Args:
+        source: The model: a checkpoint file or an MLflow source with one.
+        model_class: ``package.module:Class`` of the user's LightningModule (default: the
+            checkpoint is of depth's GPT recipe).
+        attach_to: The trained model the result belongs to (``--source``; default: the
+            model's own record).
+        context_tokens: The model's longest context (default: what the model says).
+        kv_cache: ``False`` recomputes the context even for a model with a cache.
+        meter: ``"auto"``, a meter name, or an `EnergyMeter` (closed when done).
+    """
+    from depth.serving.models import ModelRequest, load_model
+
+    loaded = load_model(ModelRequest(source, model_class, tracking_uri, trust,
+                                     find_in_mlflow=log and attach_to is None))
+    target = _target_of(loaded, source, attach_to, tracking_uri, log, trust)  # before measuring
+    loss = held_out_loss(loaded.module, loaded.recipe, loss_batches)
+    result = measure_result(loaded.module, config, device, meter, vocab_size=loaded.vocab_size,
+                            hardware=hardware, temperature_k=temperature_k, loss_nats=loss,
+                            flops_per_token=loaded.flops_per_token,
+                            context_tokens=context_tokens, kv_cache=kv_cache,
+                            progress=progress)
+    result["model"] = source
+    result["model_class"] = model_class
+    result["loader"] = loaded.loader
+    return attach(result, target, log)
 
 
 def inference_j_per_token(source: str, tracking_uri: str | None = None
@@ -200,7 +206,9 @@ def inference_j_per_token(source: str, tracking_uri: str | None = None
             return (float(latest.value), f"{model.model_id} inference/joules_per_token",
                     model.tags.get("depth.inference_measured") == "true")
     raise ValueError(f"no inference measurement for {source}: run `depth eval {source}` "
-                     "first, or give --joules-per-token")
+                     "first (with --model-class package.module:Class for your own "
+                     f"LightningModule, or --source {source} for a model measured elsewhere), "
+                     "or give --joules-per-token")
 
 
 AMORTIZE_TAGS = ("served_tokens", "tokens_per_day", "days", "inference_j_per_token",

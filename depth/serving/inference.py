@@ -1,8 +1,10 @@
 """Inference tokens per Wh: a batch-size sweep of generation, prefill and decode apart.
 
-Any model works that has ``forward(idx, past=None) -> (logits, cache)``: ``idx`` a B x T
-tensor of token ids, ``past`` the cache a previous call returned (``None`` for a fresh
-prompt), ``logits`` B x T x V. `depth.gpt.module.GPTModule` has it.
+Any model with ``forward(idx)`` returning logits works; one whose ``forward`` also takes
+``past`` (the KV-cache protocol of `depth.serving.adapters`, which
+`depth.gpt.module.GPTModule` follows) decodes with its cache, any other recomputes the
+context each step (``kv_cache: false``). A ``generate(prompt, new_tokens)`` callable works
+too, measured as whole generations. The vocabulary is read from the logits.
 
 How one batch size is measured:
 
@@ -10,9 +12,10 @@ How one batch size is measured:
    full generation runs once as warm-up.
 2. *Prefill window*: the prompt's forward pass is repeated k times; *decode window*: from
    the prefilled cache, ``new_tokens`` greedy decode steps (one token per forward, the KV
-   cache growing) are repeated k times. k is set so that each window lasts at least
-   ``min_window_s`` (the NVML counter refreshes only every ~100 ms); CUDA is synchronized
-   at both edges of each window and the meter is read there.
+   cache growing; or the whole cropped context per forward without a cache) are repeated
+   k times. A ``generate`` callable has one window per generation instead. k is set so
+   that each window lasts at least ``min_window_s`` (the NVML counter refreshes only every
+   ~100 ms); CUDA is synchronized at both edges of each window and the meter is read there.
 3. Step 2 is repeated ``repeats`` times; the median is reported with the spread. When the
    repeats disagree (max/min joules per generation above ``max_spread``: a busy machine,
    a meter that lags), the whole set is measured again, at most ``remeasures`` times; the
@@ -36,6 +39,7 @@ from typing import Any
 
 import torch
 
+from depth.serving.adapters import RecomputeRunner, Runner, runner_for
 from depth.serving.physics import J_PER_WH
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -100,8 +104,8 @@ class BatchResult:
     joules: float  # prefill + decode, per generation
     seconds: float
     tokens_per_wh: float
-    prefill_joules: float
-    decode_joules: float
+    prefill_joules: float | None  # None for a generate callable: one window, not two
+    decode_joules: float | None
     net_tokens_per_wh: float | None  # idle power x time taken off
     tokens_per_wh_spread: tuple[float, float]  # min, max over repeats
     repeats: int
@@ -123,6 +127,11 @@ class EvalResult:
     prompt_tokens: int
     new_tokens: int
     stopped: str | None = None  # why the sweep ended early
+    vocab_size: int | None = None  # read from the logits
+    kv_cache: bool | None = None  # False: each step recomputed the context; None: unknown
+    context_tokens: int | None = None  # the model's longest context, when it says
+    cropped: bool = False  # prompt + new tokens exceeded it: the context was cropped
+    generation: str = "forward"  # forward (depth's greedy loop) or generate (the user's)
 
     @property
     def best(self) -> BatchResult:
@@ -205,17 +214,32 @@ def idle_power_w(read: Reader, seconds: float, device: torch.device) -> float | 
     return (_total(read) - j0) / (time.perf_counter() - t0)
 
 
-def measure(model: Any, read: Reader, config: EvalConfig, vocab_size: int,
+def measure(model: Any, read: Reader, config: EvalConfig, vocab_size: int | None = None,
             device: torch.device | str = "cpu", method: str = "unknown",
-            progress: Callable[[str], None] | None = None) -> EvalResult:
+            progress: Callable[[str], None] | None = None, context_tokens: int | None = None,
+            kv_cache: bool | None = None) -> EvalResult:
     """Sweeps `config.batch_sizes`, reading cumulative joules with `read` (an
-    `EnergyMeter`'s ``read``); returns tokens/Wh per batch size."""
-    block_size = getattr(getattr(model, "config", None), "block_size", None)
-    if block_size is not None and config.prompt_tokens + config.new_tokens > block_size:
-        raise ValueError(f"prompt_tokens + new_tokens ({config.prompt_tokens} + "
-                         f"{config.new_tokens}) exceed the model's block_size {block_size}")
+    `EnergyMeter`'s ``read``); returns tokens/Wh per batch size.
+
+    Args:
+        model: A model (see the module's docstring), or a `depth.serving.adapters.Runner`
+            (e.g. a `GenerateRunner` around a callable).
+        vocab_size: Token ids of the random prompts are below it (default: the logits').
+        context_tokens: The model's longest context (default: what the model says).
+        kv_cache: ``False`` recomputes the context even for a model with a cache.
+    """
+    runner = (model if isinstance(model, Runner)
+              else runner_for(model, context=context_tokens, kv_cache=kv_cache))
     device = torch.device(device)
-    model = model.to(device=device, dtype=DTYPES[config.dtype]).eval()
+    if isinstance(runner, RecomputeRunner) and isinstance(runner.model, torch.nn.Module):
+        runner.model = runner.model.to(device=device, dtype=DTYPES[config.dtype]).eval()
+    if vocab_size is None:
+        if not isinstance(runner, RecomputeRunner):
+            raise ValueError("give vocab_size with a generate callable (depth cannot read "
+                             "it from logits it never sees)")
+        with torch.inference_mode():
+            vocab_size = runner.vocab_size(device)
+    context = getattr(runner, "context", None)
     prime(read)
     idle_w = idle_power_w(read, config.idle_s, device)
     generator = torch.Generator().manual_seed(config.seed)
@@ -226,7 +250,7 @@ def measure(model: Any, read: Reader, config: EvalConfig, vocab_size: int,
                                generator=generator).to(device)
         try:
             with torch.inference_mode():
-                result = _measure_batch(model, prompt, read, config, device, idle_w)
+                result = _measure_batch(runner, prompt, read, config, device, idle_w)
         except torch.OutOfMemoryError:
             stopped = f"batch size {batch_size} does not fit in memory"
             if device.type == "cuda":
@@ -242,47 +266,50 @@ def measure(model: Any, read: Reader, config: EvalConfig, vocab_size: int,
         raise ValueError(f"no batch size could be measured: {stopped}")
     return EvalResult(batches=results, idle_w=idle_w, method=method, device=str(device),
                       dtype=config.dtype, prompt_tokens=config.prompt_tokens,
-                      new_tokens=config.new_tokens, stopped=stopped)
+                      new_tokens=config.new_tokens, stopped=stopped, vocab_size=vocab_size,
+                      kv_cache=runner.kv_cache, context_tokens=context,
+                      cropped=context is not None
+                      and config.prompt_tokens + config.new_tokens > context,
+                      generation="forward" if runner.splits else "generate")
 
 
-def _measure_batch(model: Any, prompt: torch.Tensor, read: Reader, config: EvalConfig,
+def _measure_batch(runner: Any, prompt: torch.Tensor, read: Reader, config: EvalConfig,
                    device: torch.device, idle_w: float | None) -> BatchResult:
-    _, cache0 = model(prompt)  # untimed: the cache every decode window starts from
+    if runner.splits:
+        state0 = runner.start(prompt)  # untimed: the state every decode window starts from
 
-    def prefill() -> None:
-        model(prompt)
+        def prefill() -> None:
+            runner.prefill(prompt)
 
-    def decode() -> None:
-        cache, nxt = cache0, prompt[:, -1:]
-        for _ in range(config.new_tokens):
-            logits, cache = model(nxt, past=cache)
-            nxt = logits[:, -1].argmax(-1, keepdim=True)
+        def decode() -> None:
+            runner.decode(state0, config.new_tokens)
 
-    prefill()
-    decode()  # warm-up
-    k_prefill = _repeats_for(prefill, config.min_window_s, device)
-    k_decode = _repeats_for(decode, config.min_window_s, device)
+        pieces: list[Callable[[], None]] = [prefill, decode]
+    else:
+        pieces = [lambda: runner.generate(prompt, config.new_tokens)]
+    for piece in pieces:
+        piece()  # warm-up
+    ks = [_repeats_for(piece, config.min_window_s, device) for piece in pieces]
     tokens = prompt.size(0) * config.new_tokens
 
-    def one_set() -> list[tuple[float, float, float, float]]:
-        rows = []
+    def one_set() -> list[list[tuple[float, float]]]:
+        rows = []  # per repeat: (joules, seconds) per piece, per generation
         for _ in range(config.repeats):
-            pj, ps = _window(prefill, k_prefill, read, device)
-            dj, ds = _window(decode, k_decode, read, device)
-            rows.append((pj / k_prefill, ps / k_prefill, dj / k_decode, ds / k_decode))
+            rows.append([(j / k, s / k) for piece, k in zip(pieces, ks)
+                         for j, s in [_window(piece, k, read, device)]])
         return rows
 
     attempts, kept = 0, None
     while attempts <= config.remeasures:
         attempts += 1
         rows = one_set()
-        ratio = spread_ratio([p + d for p, _, d, _ in rows])
+        ratio = spread_ratio([sum(j for j, _ in row) for row in rows])
         if kept is None or ratio < kept[0]:
             kept = (ratio, rows)
         if ratio <= config.max_spread:
             break
     ratio, rows = kept
-    per = [(p + d, ps + ds) for p, ps, d, ds in rows]  # joules, seconds per generation
+    per = [(sum(j for j, _ in row), sum(s for _, s in row)) for row in rows]  # per generation
     rates = [tokens / (j / J_PER_WH) if j > 0 else math.inf for j, _ in per]
     joules = statistics.median(j for j, _ in per)
     seconds = statistics.median(s for _, s in per)
@@ -292,8 +319,8 @@ def _measure_batch(model: Any, prompt: torch.Tensor, read: Reader, config: EvalC
     return BatchResult(
         batch_size=prompt.size(0), tokens=tokens, joules=joules, seconds=seconds,
         tokens_per_wh=tokens / (joules / J_PER_WH) if joules > 0 else math.inf,
-        prefill_joules=statistics.median(r[0] for r in rows),
-        decode_joules=statistics.median(r[2] for r in rows),
+        prefill_joules=statistics.median(r[0][0] for r in rows) if runner.splits else None,
+        decode_joules=statistics.median(r[1][0] for r in rows) if runner.splits else None,
         net_tokens_per_wh=net, tokens_per_wh_spread=(min(rates), max(rates)),
         repeats=config.repeats, repeat_joules=[j for j, _ in per], spread_ratio=ratio,
         attempts=attempts, unstable=ratio > config.max_spread)

@@ -1,0 +1,164 @@
+"""Inference figures attached to the trained model they belong to.
+
+A *source* names that model: a checkpoint file, ``runs:/``, ``models:/`` or ``m-``. Its
+depth record gives the training energy the figures are set against (break-even), and the
+result is kept where `depth amortize` and `depth report` look: ``<checkpoint>.depth-eval.json``
+beside a checkpoint file, and ``inference/*`` metrics on the source's MLflow LoggedModel
+(for a checkpoint, the LoggedModel its record was published as, when the store has it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+EVAL_SUFFIX = ".depth-eval.json"
+
+
+@dataclass
+class Target:
+    """The trained model a result attaches to.
+
+    Attributes:
+        source: As the user named it.
+        record: Its depth record (a dict).
+        model_id: Its MLflow LoggedModel, when one is known.
+        tracking_uri: The store of that LoggedModel.
+    """
+
+    source: str
+    record: dict[str, Any]
+    model_id: str | None
+    tracking_uri: str | None
+
+
+def resolve_target(source: str, tracking_uri: str | None = None, log: bool = True,
+                   trust: bool = False) -> Target:
+    """Reads the record of `source` and finds its LoggedModel (when `log`).
+
+    Raises:
+        OSError: A missing or unreadable checkpoint file.
+        ValueError: No record there, or an unreachable store for an MLflow source (one line).
+    """
+    from depth.tracking.sources import read_provenance
+
+    record = read_provenance(source, tracking_uri=tracking_uri, trust=trust).to_dict()
+    return target_for(source, record, tracking_uri, log)
+
+
+def target_for(source: str, record: dict[str, Any], tracking_uri: str | None = None,
+               log: bool = True, model_id: str | None = None) -> Target:
+    """The target of a source whose record is already read: its LoggedModel is `model_id`,
+    the one an MLflow source names, or (when `log` and the store answers) the one its
+    record was published as."""
+    from depth.tracking.sources import find_logged_model, is_mlflow_source
+    from depth.tracking.store import default_tracking_uri, unreachable
+
+    uri = tracking_uri or default_tracking_uri()
+    if model_id is None and is_mlflow_source(source):
+        from depth.tracking.sources import logged_model_id, reader_client, reading
+
+        client, uri = reader_client(tracking_uri)
+        with reading(source):
+            model_id = logged_model_id(client, source)
+    elif model_id is None and log and record.get("record_sha256") and unreachable(uri) is None:
+        model_id = find_logged_model(uri, record["record_sha256"])
+    return Target(source, record, model_id, uri if model_id else None)
+
+
+def attach(result: dict[str, Any], target: Target, log: bool = True) -> dict[str, Any]:
+    """Sets the source's training figures on `result` (``source``, ``record_sha256``,
+    ``train_joules``, ``depth_joules``, ``parameters``, ``break_even_tokens``), writes it
+    beside a checkpoint source, and logs it on the source's LoggedModel (when `log`).
+    Returns `result`, with ``written`` and ``logged_model`` set."""
+    from depth.tracking.sources import is_mlflow_source
+
+    record = target.record
+    result["source"] = target.source
+    result["record_sha256"] = record.get("record_sha256")
+    result["train_joules"] = record["train_joules"]
+    result["depth_joules"] = record.get("depth_joules", record["train_joules"])
+    if result.get("parameters") is None:
+        result["parameters"] = record.get("parameters")
+    result["break_even_tokens"] = result["depth_joules"] / result["joules_per_token"]
+    result["logged_model"] = None
+    if not is_mlflow_source(target.source):
+        written = target.source + EVAL_SUFFIX
+        Path(written).write_text(json.dumps(result, indent=2))
+        result["written"] = written
+    if log and target.model_id and target.tracking_uri:
+        log_inference_metrics(target.tracking_uri, target.model_id, result)
+        result["logged_model"] = target.model_id
+    return result
+
+
+def log_inference(result: Mapping[str, Any], source: str, tracking_uri: str | None = None,
+                  log: bool = True, trust: bool = False) -> dict[str, Any]:
+    """Attaches a measured result (from `depth.measure_inference`, or `depth eval --json`)
+    to the trained model at `source`, as `depth eval --source` does; `depth amortize` and
+    `depth report` then use it. Returns the result with the source's figures added.
+
+    Raises:
+        OSError: A missing or unreadable checkpoint file.
+        ValueError: No record at `source`, or a result without ``joules_per_token`` (one line).
+    """
+    value = result.get("joules_per_token")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError("the result has no positive joules_per_token: pass what "
+                         "depth.measure_inference returned")
+    return attach(dict(result), resolve_target(source, tracking_uri, log, trust), log)
+
+
+def _log_model_metrics(tracking_uri: str, model_id: str, metrics: list[tuple[str, float, int]],
+                       tags: Mapping[str, str] | None = None) -> None:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri)
+    model = client.get_logged_model(model_id)
+    now = int(time.time() * 1000)
+    client.log_batch(model.source_run_id, metrics=[
+        Metric(k, float(v), now, step, model_id=model_id) for k, v, step in metrics
+        if v is not None and math.isfinite(v)])
+    if tags:
+        client.set_logged_model_tags(model_id, dict(tags))
+
+
+def _text(value: Any) -> str:
+    return "unknown" if value is None else str(value).lower()
+
+
+def log_inference_metrics(tracking_uri: str, model_id: str, result: Mapping[str, Any]) -> None:
+    """``inference/*`` metrics on the LoggedModel: the best batch's tokens/Wh and J/token,
+    and per batch size (the metric's step is the batch size)."""
+    metrics = [("inference/tokens_per_wh", result["tokens_per_wh"], 0),
+               ("inference/joules_per_token", result["joules_per_token"], 0),
+               ("inference/best_batch_size", result["best_batch_size"], 0)]
+    for b in result["batches"]:
+        metrics += [("inference/tokens_per_wh_by_batch", b["tokens_per_wh"], b["batch_size"]),
+                    ("inference/prefill_joules_by_batch", b["prefill_joules"], b["batch_size"]),
+                    ("inference/decode_joules_by_batch", b["decode_joules"], b["batch_size"]),
+                    ("inference/spread_ratio_by_batch", b["spread_ratio"], b["batch_size"]),
+                    ("inference/attempts_by_batch", b["attempts"], b["batch_size"]),
+                    ("inference/unstable_by_batch", float(b["unstable"]), b["batch_size"])]
+        if b["net_tokens_per_wh"] is not None:
+            metrics.append(("inference/net_tokens_per_wh_by_batch", b["net_tokens_per_wh"],
+                            b["batch_size"]))
+    phys = result.get("physics", {})
+    for key in ("ceiling_fraction", "landauer_ratio"):
+        if phys.get(key) is not None:
+            metrics.append((f"inference/{key}", phys[key], 0))
+    metrics.append(("amortize/break_even_tokens", result["break_even_tokens"], 0))
+    _log_model_metrics(tracking_uri, model_id, metrics, {
+        "depth.inference_method": result["method"], "depth.inference_device": result["device"],
+        "depth.inference_dtype": result["dtype"],
+        "depth.inference_measured": str(result["measured"]).lower(),
+        "depth.inference_kv_cache": _text(result.get("kv_cache")),
+        "depth.inference_model": str(result.get("model") or result["source"]),
+        "depth.inference_unstable_batches": ",".join(map(str, result["unstable_batches"]))
+        or "none"})

@@ -1,0 +1,104 @@
+"""The `depth eval` table: one text block from the JSON-ready result, the same for the CLI
+and for a custom loop (`depth.inference_table` of what `depth.measure_inference` returned)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def _joules(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def generation_line(result: Mapping[str, Any]) -> str:
+    """How tokens were generated: through what, with or without a KV cache, what context."""
+    if result.get("generation") == "generate":
+        how = "the given generate callable (prefill and decode in one window)"
+    elif result.get("kv_cache") is False:
+        how = "greedy through forward(idx), no KV cache (each step recomputes the context)"
+    else:
+        how = "greedy through forward(idx, past) with the model's KV cache"
+    if context := result.get("context_tokens"):
+        how += f"; context {context} tokens"
+        if result.get("cropped"):
+            how += (f" (prompt {result['prompt_tokens']} + {result['new_tokens']} new exceed "
+                    "it: cropped)")
+    if result.get("model_class"):
+        how += f"; model {result['model_class']}"
+    return f"  generation: {how}"
+
+
+def _batch_rows(result: Mapping[str, Any]) -> list[str]:
+    rows = [f"  {'batch':>6} {'tokens':>8} {'joules':>10} {'seconds':>9} {'tokens/Wh':>12} "
+            f"{'(min-max)':>21} {'net tok/Wh':>11} {'prefill J':>10} {'decode J':>10} "
+            f"{'spread':>8}"]
+    for b in result["batches"]:
+        low, high = b["tokens_per_wh_spread"]
+        net = "-" if b["net_tokens_per_wh"] is None else f"{b['net_tokens_per_wh']:,.0f}"
+        spread = f"x{b['spread_ratio']:.3g}" + (" UNSTABLE" if b["unstable"] else "")
+        rows.append(f"  {b['batch_size']:>6} {b['tokens']:>8} {b['joules']:>10.4g} "
+                    f"{b['seconds']:>9.4f} {b['tokens_per_wh']:>12,.0f} "
+                    f"{f'{low:,.0f}-{high:,.0f}':>21} {net:>11} "
+                    f"{_joules(b['prefill_joules']):>10} {_joules(b['decode_joules']):>10} "
+                    f"{spread:>8}")
+    for b in result["batches"]:
+        if b["unstable"]:
+            rows.append(f"  UNSTABLE batch {b['batch_size']}: its {b['repeats']} repeats spread "
+                        f"x{b['spread_ratio']:.3g} (max/min) in each of {b['attempts']} "
+                        "attempts; its figures are not reliable (a busy machine?)")
+    if result.get("stopped"):
+        rows.append(f"  sweep stopped: {result['stopped']}")
+    return rows
+
+
+def _physics_rows(result: Mapping[str, Any]) -> list[str]:
+    phys = result["physics"]
+    rows = [f"  best{' (UNSTABLE)' if result['best_unstable'] else ''}: batch "
+            f"{result['best_batch_size']}, {result['tokens_per_wh']:,.0f} tokens/Wh,"
+            f" {result['joules_per_token']:.4g} J/token, "
+            f"{phys['wh_per_million_tokens']:.4g} Wh per million tokens"]
+    if "ceiling_fraction" in phys:
+        rows.append(f"  compute ceiling on {phys['hardware']}: "
+                    f"{phys['ceiling_tokens_per_wh']:,.0f} tokens/Wh; achieved "
+                    f"{phys['ceiling_fraction']:.1%}")
+    else:
+        rows.append("  compute ceiling: no hardware figure (give --hardware, e.g. "
+                    "custom:PEAK_TFLOPS:WATTS for a CPU)")
+    if phys.get("landauer_ratio"):
+        rows.append(f"  Landauer: {phys['bits_removed_per_token']:.2f} bits removed per token "
+                    f"(held-out loss {phys['held_out_loss_nats']:.3f} nats), bound "
+                    f"{phys['landauer_j_per_token']:.3g} J/token; measured is "
+                    f"{phys['landauer_ratio']:.3g} times that")
+    return rows
+
+
+def format_eval(result: Mapping[str, Any]) -> str:
+    """The table `depth eval` prints for `result` (a result not yet attached to a source
+    has no break-even line)."""
+    measured = "measured" if result["measured"] else "ESTIMATED: no sensor"
+    rows = [f"depth eval: {result.get('source') or result.get('model') or 'model'}  "
+            f"({result['device']}, {result['dtype']}, {result['method']}, {measured})"]
+    if result.get("uncertainty"):
+        rows.append(f"  uncertainty +/-{result['uncertainty']['relative']:.0%} on every energy "
+                    "figure (assumed for the method, not measured here)")
+    if (result.get("energy_basis") or {}).get("attribution") == "process":
+        rows.append("  CPU joules: this process's CPU time x TDP share (other processes' work "
+                    "is not billed; idle power is not included)")
+    rows.append(generation_line(result))
+    if result["idle_w"] is not None:
+        rows.append(f"  idle power {result['idle_w']:.1f} W")
+    rows += _batch_rows(result) + _physics_rows(result)
+    if result.get("break_even_tokens") is not None:
+        rows.append(f"  break-even: after {result['break_even_tokens']:,.0f} served tokens, "
+                    "serving has used as much energy as training "
+                    f"({result['depth_joules']:,.1f} J)")
+    if "logged_model" in result:
+        where = (f"logged on LoggedModel {result['logged_model']}" if result["logged_model"]
+                 else "not logged to MLflow (no LoggedModel found for this checkpoint)")
+        rows.append(f"  {where}" + (f"; written to {result['written']}"
+                                    if result.get("written") else ""))
+    else:
+        rows.append("  not attached to a trained model (give source=, or call "
+                    "depth.log_inference)")
+    return "\n".join(rows)
