@@ -15,8 +15,9 @@ from depth.cli.common import UsageError, int_list, one_line, positive, progress
 # ----------------------------------------------------------------------------- eval
 
 def declare_eval(p: ArgumentParser) -> None:
-    p.add_argument("model", type=str, help="A checkpoint file, or runs:/RUN_ID, "
-                   "models:/NAME/VERSION, m-MODEL_ID when the checkpoint file was logged.")
+    p.add_argument("model", type=str, nargs="?", default=None,
+                   help="A checkpoint file, or runs:/RUN_ID, models:/NAME/VERSION, "
+                   "m-MODEL_ID when the checkpoint file was logged (none with --endpoint).")
     p.add_argument("--model-class", type=str, default=None,
                    help="package.module:Class of your own LightningModule, loaded with "
                    "Class.load_from_checkpoint and run greedily through forward(idx) (default: "
@@ -60,10 +61,20 @@ def declare_eval(p: ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="Print one JSON object.")
     p.add_argument("--no-log", action="store_true", help="Do not write to MLflow.")
     p.add_argument("--tracking-uri", type=str, default=None, help="The MLflow store.")
+    from depth.cli.endpoint import declare_endpoint
+
+    declare_endpoint(p)
 
 
 def run_eval(args: Namespace) -> int:
     """`depth eval`: inference tokens/Wh of a model over a batch-size sweep."""
+    if args.endpoint is not None:
+        from depth.cli.endpoint import run_endpoint
+
+        return run_endpoint(args)
+    if args.model is None:
+        raise UsageError("give a checkpoint to measure, or --endpoint URL --model-name NAME "
+                         "for a running server")
     import torch
 
     from depth.serving.evaluation import evaluate

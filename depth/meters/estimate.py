@@ -48,13 +48,15 @@ class ProcessCpuLoad:
         children_every_s: How often the child-process tree is listed again; listing reads
             every ``/proc/<pid>``, too slow for every sample on a busy node. A child born
             in between is counted from the next listing on, its earlier CPU time included.
+        pid: Another process to follow instead of this one (e.g. a model server that
+            `depth eval --endpoint` measures); ``None`` for this process.
     """
 
-    def __init__(self, children_every_s: float = 1.0) -> None:
+    def __init__(self, children_every_s: float = 1.0, *, pid: int | None = None) -> None:
         import psutil
 
         self._psutil = psutil
-        self._process = psutil.Process()
+        self._process = psutil.Process(pid)
         self._cpus = psutil.cpu_count() or 1
         self._children_every_s = children_every_s
         self._children: list[Any] = []

@@ -74,3 +74,24 @@ def test_process_cpu_share_counts_this_processs_work():
     share = load()
     wall_s, cpu_s = time.monotonic() - t0, time.process_time() - c0
     assert share == pytest.approx(cpu_s / (wall_s * psutil.cpu_count()), rel=0.2)
+
+
+def test_process_cpu_share_of_another_process_sees_its_work_not_ours():
+    """`depth eval --endpoint` bills a server's process: its work counts, ours does not."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    # Started through a shell that exits at once: not our child, as a server is not.
+    pid = int(subprocess.run(["sh", "-c", f"'{sys.executable}' -c 'while True: pass' "
+                              ">/dev/null 2>&1 & echo $!"], capture_output=True, text=True,
+                             check=True).stdout)
+    busy = psutil.Process(pid)
+    try:
+        theirs, ours = ProcessCpuLoad(pid=pid), ProcessCpuLoad()
+        time.sleep(1.0)  # we sleep; it spins (on a shared machine, part of a core at least)
+        their_share, our_share = theirs(), ours()
+        assert their_share > 0.2 / psutil.cpu_count() > our_share
+    finally:
+        busy.kill()  # the process we started, by its id
