@@ -16,7 +16,8 @@ from depth.cli.common import UsageError, int_list, one_line, positive, progress
 
 def declare_eval(p: ArgumentParser) -> None:
     p.add_argument("source", type=str, help="A checkpoint file, or runs:/RUN_ID, "
-                   "models:/NAME/VERSION, m-MODEL_ID when the checkpoint file was logged.")
+                   "models:/NAME/VERSION, m-MODEL_ID when the checkpoint file was logged; "
+                   "or a Hugging Face model: a directory with config.json, or hf:NAME.")
     p.add_argument("--batch-sizes", type=str, default=None,
                    help="Comma-separated batch sizes (default 1,4,16,64 on a CPU; on a GPU "
                    "x4 up to 1024 or the first that does not fit).")
@@ -156,8 +157,11 @@ def _print_eval(result: dict[str, Any]) -> None:
               f"(held-out loss {phys['held_out_loss_nats']:.3f} nats), bound "
               f"{phys['landauer_j_per_token']:.3g} J/token; measured is "
               f"{phys['landauer_ratio']:.3g} times that")
-    print(f"  break-even: after {result['break_even_tokens']:,.0f} served tokens, serving has "
-          f"used as much energy as training ({result['depth_joules']:,.1f} J)")
+    if result["break_even_tokens"] is None:
+        print("  break-even: no training record for this model (no depth.json beside it)")
+    else:
+        print(f"  break-even: after {result['break_even_tokens']:,.0f} served tokens, serving "
+              f"has used as much energy as training ({result['depth_joules']:,.1f} J)")
     where = (f"logged on LoggedModel {result['logged_model']}" if result["logged_model"]
              else "not logged to MLflow (no LoggedModel found for this checkpoint)")
     print(f"  {where}" + (f"; written to {result['written']}" if result.get("written") else ""))

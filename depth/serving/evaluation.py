@@ -117,18 +117,27 @@ def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: 
                                    device_hw, temperature_k)
     result["source"] = source
     result["record_sha256"] = loaded.record.get("record_sha256")
-    result["train_joules"] = loaded.record["train_joules"]
-    result["depth_joules"] = loaded.record.get("depth_joules", loaded.record["train_joules"])
+    # A model without a record (a Hugging Face model from elsewhere) has no training side.
+    result["train_joules"] = loaded.record.get("train_joules")
+    result["depth_joules"] = loaded.record.get("depth_joules", result["train_joules"])
     result["parameters"] = loaded.record.get("parameters")
-    result["break_even_tokens"] = result["depth_joules"] / result["joules_per_token"]
+    result["break_even_tokens"] = (None if result["depth_joules"] is None
+                                   else result["depth_joules"] / result["joules_per_token"])
     result["logged_model"] = None
-    if not source.startswith(("runs:/", "models:/", "m-")):
-        Path(source + EVAL_SUFFIX).write_text(json.dumps(result, indent=2))
-        result["written"] = source + EVAL_SUFFIX
+    if not source.startswith(("runs:/", "models:/", "m-", "hf:")):
+        written = eval_file(source)
+        written.write_text(json.dumps(result, indent=2))
+        result["written"] = str(written)
     if log and loaded.model_id and loaded.tracking_uri:
         log_inference(loaded.tracking_uri, loaded.model_id, result)
         result["logged_model"] = loaded.model_id
     return result
+
+
+def eval_file(source: str) -> Path:
+    """Where `depth eval` keeps its result for a checkpoint file or a model directory:
+    beside it, ``SOURCE.depth-eval.json``."""
+    return Path(source.rstrip("/") + EVAL_SUFFIX)
 
 
 def _log_model_metrics(tracking_uri: str, model_id: str, metrics: list[tuple[str, float, int]],
@@ -168,7 +177,8 @@ def log_inference(tracking_uri: str, model_id: str, result: Mapping[str, Any]) -
     for key in ("ceiling_fraction", "landauer_ratio"):
         if phys.get(key) is not None:
             metrics.append((f"inference/{key}", phys[key], 0))
-    metrics.append(("amortize/break_even_tokens", result["break_even_tokens"], 0))
+    if result["break_even_tokens"] is not None:
+        metrics.append(("amortize/break_even_tokens", result["break_even_tokens"], 0))
     _log_model_metrics(tracking_uri, model_id, metrics, {
         "depth.inference_method": result["method"], "depth.inference_device": result["device"],
         "depth.inference_dtype": result["dtype"],
@@ -182,10 +192,10 @@ def inference_j_per_token(source: str, tracking_uri: str | None = None
     """The latest inference J/token `depth eval` found for a model, where it was found (the
     eval file next to a checkpoint, or the newest ``inference/joules_per_token`` metric of
     its LoggedModel), and whether a sensor measured it (``False`` for an estimate)."""
-    eval_file = Path(source + EVAL_SUFFIX)
-    if eval_file.is_file():
-        j_per_token, measured = _eval_file_j_per_token(eval_file, source)
-        return j_per_token, str(eval_file), measured
+    saved = eval_file(source)
+    if saved.is_file():
+        j_per_token, measured = _eval_file_j_per_token(saved, source)
+        return j_per_token, str(saved), measured
     if source.startswith(("runs:/", "models:/", "m-")):
         from mlflow import MlflowClient
 

@@ -51,6 +51,10 @@ def load_model(source: str, tracking_uri: str | None = None, trust: bool = False
         ValueError: One line: no such model, no checkpoint file behind an MLflow source, or
             a checkpoint that is not of a GPT recipe.
     """
+    from depth.serving.hf import is_hf_source
+
+    if is_hf_source(source):
+        return load_hf_model(source, tracking_uri, trust, find_in_mlflow)
     from depth.tracking.sources import checkpoint_of
 
     found = checkpoint_of(source, tracking_uri, trust=trust, find_in_mlflow=find_in_mlflow)
@@ -59,3 +63,25 @@ def load_model(source: str, tracking_uri: str | None = None, trust: bool = False
                        flops_per_token=module.flops_per_token(training=False),
                        model_id=found.model_id, tracking_uri=found.tracking_uri,
                        recipe=(found.checkpoint.get("hyper_parameters") or {}).get("recipe"))
+
+
+def load_hf_model(source: str, tracking_uri: str | None = None, trust: bool = False,
+                  find_in_mlflow: bool = True) -> LoadedModel:
+    """A Hugging Face model (a directory with ``config.json``, or ``hf:NAME``); its record
+    is the ``depth.json`` that `depth export` wrote beside it (none: ``{}``), and its
+    LoggedModel the one that record was published as."""
+    from depth.serving.hf import hf_record, load_hf
+    from depth.tracking.sources import find_logged_model
+
+    module = load_hf(source, trust=trust)
+    record = hf_record(source) or {}
+    model_id = uri = None
+    if find_in_mlflow and record.get("record_sha256"):
+        from depth.tracking.store import default_tracking_uri, unreachable
+
+        uri = tracking_uri or default_tracking_uri()
+        model_id = find_logged_model(uri, record["record_sha256"]) if unreachable(uri) is None \
+            else None
+    return LoadedModel(module=module, record=record, vocab_size=module.config.vocab_size,
+                       flops_per_token=module.flops_per_token(), model_id=model_id,
+                       tracking_uri=uri if model_id else None)
