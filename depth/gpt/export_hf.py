@@ -135,8 +135,10 @@ def export_hf(source: str, out: str | Path, tracking_uri: str | None = None,
     """
     try:
         from transformers import GPT2LMHeadModel
+        from transformers.utils import logging
     except ImportError:
         raise ValueError("--format hf needs transformers: pip install 'depth[hf]'") from None
+    logging.disable_progress_bar()  # stderr keeps depth's own lines
     from depth.tracking.sources import checkpoint_of
 
     out = Path(out)

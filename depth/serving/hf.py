@@ -123,6 +123,7 @@ def _transformers() -> Any:
     except ImportError:
         raise ValueError("Hugging Face models need transformers: pip install 'depth[hf]' "
                          "(or pip install transformers safetensors)") from None
+    transformers.utils.logging.disable_progress_bar()  # stderr keeps depth's own lines
     return transformers
 
 

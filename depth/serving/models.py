@@ -73,8 +73,8 @@ def load_hf_model(source: str, tracking_uri: str | None = None, trust: bool = Fa
     from depth.serving.hf import hf_record, load_hf
     from depth.tracking.sources import find_logged_model
 
+    record = hf_record(source) or {}  # a damaged record is refused before the weights load
     module = load_hf(source, trust=trust)
-    record = hf_record(source) or {}
     model_id = uri = None
     if find_in_mlflow and record.get("record_sha256"):
         from depth.tracking.store import default_tracking_uri, unreachable
