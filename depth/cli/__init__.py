@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from jsonargparse import ArgumentParser
 
 from depth.cli.common import Command, UsageError, OneLineParser
+from depth.cli.export import declare_export, run_export
 from depth.cli.meters import declare_meters, run_meters
 from depth.cli.records import (
     declare_card,
@@ -56,6 +57,9 @@ COMMANDS: dict[str, Command] = {
                         declare_amortize, run_amortize),
     "report": Command("Compare every model of an experiment: one table, three plots.",
                       declare_report, run_report),
+    "export": Command("Write a depth GPT checkpoint as a transformers GPT-2 folder "
+                      "(--format hf) with its model card and record.",
+                      declare_export, run_export),
     "sync": Command("Replay energy metrics and records spooled while a tracking server was "
                     "down.", declare_sync, run_sync),
 }

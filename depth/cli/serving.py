@@ -17,7 +17,8 @@ from depth.cli.common import UsageError, int_list, one_line, positive, progress
 def declare_eval(p: ArgumentParser) -> None:
     p.add_argument("model", type=str, nargs="?", default=None,
                    help="A checkpoint file, or runs:/RUN_ID, models:/NAME/VERSION, "
-                   "m-MODEL_ID when the checkpoint file was logged (none with --endpoint).")
+                   "m-MODEL_ID when the checkpoint file was logged; a Hugging Face model (a "
+                   "directory with config.json, or hf:NAME); none with --endpoint.")
     p.add_argument("--model-class", type=str, default=None,
                    help="package.module:Class of your own LightningModule, loaded with "
                    "Class.load_from_checkpoint and run greedily through forward(idx) (default: "

@@ -37,6 +37,12 @@ class Target:
     tracking_uri: str | None
 
 
+def eval_file(source: str) -> Path:
+    """Where `depth eval` keeps its result for a checkpoint file or a model folder: beside
+    it, ``SOURCE.depth-eval.json``."""
+    return Path(source.rstrip("/") + EVAL_SUFFIX)
+
+
 def resolve_target(source: str, tracking_uri: str | None = None, log: bool = True,
                    trust: bool = False) -> Target:
     """Reads the record of `source` and finds its LoggedModel (when `log`).
@@ -81,16 +87,17 @@ def attach(result: dict[str, Any], target: Target, log: bool = True) -> dict[str
     record = target.record
     result["source"] = target.source
     result["record_sha256"] = record.get("record_sha256")
-    result["train_joules"] = record["train_joules"]
-    result["depth_joules"] = record.get("depth_joules", record["train_joules"])
+    result["train_joules"] = record.get("train_joules")  # None: a model trained elsewhere
+    result["depth_joules"] = record.get("depth_joules", result["train_joules"])
     if result.get("parameters") is None:
         result["parameters"] = record.get("parameters")
-    result["break_even_tokens"] = result["depth_joules"] / result["joules_per_token"]
+    result["break_even_tokens"] = (None if result["depth_joules"] is None
+                                   else result["depth_joules"] / result["joules_per_token"])
     result["logged_model"] = None
-    if not is_mlflow_source(target.source):
-        written = target.source + EVAL_SUFFIX
-        Path(written).write_text(json.dumps(result, indent=2))
-        result["written"] = written
+    if not is_mlflow_source(target.source) and not target.source.startswith("hf:"):
+        written = eval_file(target.source)  # beside a file or a model folder
+        written.write_text(json.dumps(result, indent=2))
+        result["written"] = str(written)
     if log and target.model_id and target.tracking_uri:
         log_inference_metrics(target.tracking_uri, target.model_id, result)
         result["logged_model"] = target.model_id

@@ -16,6 +16,7 @@ from depth.serving import physics
 from depth.serving.amortize import amortize, duration_text
 from depth.serving.attach import (  # noqa: F401  (EVAL_SUFFIX, metrics: names others use)
     EVAL_SUFFIX,
+    eval_file,
     Target,
     _log_model_metrics,
     attach,
@@ -134,6 +135,8 @@ def _target_of(loaded: Any, model: str, source: str | None, tracking_uri: str | 
             another model's than `source`'s (one line).
     """
     if source is None:
+        if loaded.record is None and loaded.loader == "hf":  # trained elsewhere: no depth
+            return Target(model, {}, None, None)
         if loaded.record is None:
             raise ValueError(f"{model} carries no depth record: give --source naming the "
                              "trained model (a checkpoint, runs:/, models:/ or m-)")
@@ -188,10 +191,10 @@ def inference_j_per_token(source: str, tracking_uri: str | None = None
     """The latest inference J/token `depth eval` found for a model, where it was found (the
     eval file next to a checkpoint, or the newest ``inference/joules_per_token`` metric of
     its LoggedModel), and whether a sensor measured it (``False`` for an estimate)."""
-    eval_file = Path(source + EVAL_SUFFIX)
-    if eval_file.is_file():
-        j_per_token, measured = _eval_file_j_per_token(eval_file, source)
-        return j_per_token, str(eval_file), measured
+    saved = eval_file(source)
+    if saved.is_file():
+        j_per_token, measured = _eval_file_j_per_token(saved, source)
+        return j_per_token, str(saved), measured
     if source.startswith(("runs:/", "models:/", "m-")):
         from mlflow import MlflowClient
 

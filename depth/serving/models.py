@@ -6,6 +6,7 @@ whose ``accepts`` says yes loads the request. Each loader is a pair of functions
 
 - ``model-class``: the user's LightningModule (``--model-class pkg.mod:Class``), rebuilt
   with ``Class.load_from_checkpoint`` from a checkpoint file or an MLflow source;
+- ``hf``: a Hugging Face model (a directory with ``config.json``, or ``hf:NAME``);
 - ``depth-recipe``: a checkpoint of depth's own GPT recipe (the default, last).
 
 Other forms (a Hugging Face directory, ...) plug in by inserting a `Loader` before the
@@ -189,8 +190,37 @@ def _inference_flops(module: Any) -> float | None:
         return None
 
 
+def _is_hf(request: ModelRequest) -> bool:
+    from depth.serving.hf import is_hf_source
+
+    return request.model_class is None and is_hf_source(request.source)
+
+
+def _load_hf(request: ModelRequest) -> LoadedModel:
+    """A Hugging Face model (a directory with ``config.json``, or ``hf:NAME``); its record
+    is the ``depth.json`` that `depth export` wrote beside it (none: ``None``, and the
+    result needs ``--source``), and its LoggedModel the one that record was published as."""
+    from depth.serving.hf import hf_record, load_hf
+    from depth.tracking.sources import find_logged_model
+
+    record = hf_record(request.source)  # a damaged record is refused before the weights load
+    module = load_hf(request.source, trust=request.trust)
+    model_id = uri = None
+    if request.find_in_mlflow and record and record.get("record_sha256"):
+        from depth.tracking.store import default_tracking_uri, unreachable
+
+        uri = request.tracking_uri or default_tracking_uri()
+        model_id = (find_logged_model(uri, record["record_sha256"])
+                    if unreachable(uri) is None else None)
+    return LoadedModel(module=module, record=record, vocab_size=module.config.vocab_size,
+                       flops_per_token=module.flops_per_token(), model_id=model_id,
+                       tracking_uri=uri if model_id else None, loader="hf",
+                       description=f"Hugging Face model {request.source}")
+
+
 LOADERS: list[Loader] = [
     Loader("model-class", lambda r: r.model_class is not None, _load_user_class),
+    Loader("hf", _is_hf, _load_hf),
     Loader("depth-recipe", lambda r: True, _load_recipe),
 ]
 

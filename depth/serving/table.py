@@ -93,6 +93,9 @@ def format_eval(result: Mapping[str, Any]) -> str:
         rows.append(f"  break-even: after {result['break_even_tokens']:,.0f} served tokens, "
                     "serving has used as much energy as training "
                     f"({result['depth_joules']:,.1f} J)")
+    elif result.get("train_joules") is None:
+        rows.append("  break-even: no training record for this model (a Hugging Face model "
+                    "without depth.json beside it; --source names the trained one)")
     if "logged_model" in result:
         where = (f"logged on LoggedModel {result['logged_model']}" if result["logged_model"]
                  else "not logged to MLflow (no LoggedModel found for this checkpoint)")

@@ -23,6 +23,7 @@ from depth.record.lineage import check_parent
 from depth.record.provenance import Provenance, provenance_from_checkpoint
 
 MLFLOW_PREFIXES = ("runs:/", "models:/", "m-")
+EXPORTED_RECORD = "depth.json"  # a model directory's record (`depth export` writes it)
 
 
 def is_mlflow_source(source: str | Path) -> bool:
@@ -108,7 +109,8 @@ def read_provenance(source: str | Path, tracking_uri: str | None = None,
     """The depth record of a model, wherever it is.
 
     Args:
-        source: A checkpoint file path; ``runs:/<run_id>`` (the run's latest record);
+        source: A checkpoint file path, or a model directory with the ``depth.json``
+            `depth export` wrote; ``runs:/<run_id>`` (the run's latest record);
             ``models:/<name>/<version>`` or ``models:/<name>@<alias>`` (a registered
             version); ``m-<model_id>`` or ``models:/m-<model_id>`` (a LoggedModel).
         tracking_uri: Where MLflow sources live (default: ``MLFLOW_TRACKING_URI`` or the
@@ -120,6 +122,8 @@ def read_provenance(source: str | Path, tracking_uri: str | None = None,
         ValueError: No record there, or a source in none of the forms above (one line).
     """
     text = str(source)
+    if not is_mlflow_source(text) and (exported := exported_record(text)) is not None:
+        return Provenance.from_dict(exported)
     if not is_mlflow_source(text):
         return provenance_from_checkpoint(text, trust)
     from mlflow.artifacts import download_artifacts
@@ -138,6 +142,27 @@ def read_provenance(source: str | Path, tracking_uri: str | None = None,
             path = download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri)
             data = json.loads(Path(path).read_text())
     return Provenance.from_dict(data)
+
+
+def exported_record(directory: str | Path) -> dict[str, Any] | None:
+    """The record `depth export` wrote in a model directory (its ``depth.json``), checked;
+    ``None`` when there is none (a model directory from elsewhere).
+
+    Raises:
+        ValueError: One line: the file is not a depth record.
+    """
+    path = Path(directory) / EXPORTED_RECORD
+    if not path.is_file():
+        return None
+    from depth.record.schema import check_record
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        check_record(data)
+    except ValueError as err:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path}: not a depth record ({' '.join(str(err).split())[:200]})"
+                         ) from None
+    return data
 
 
 def resolve_parent(parent: str | Path | Mapping[str, Any]) -> dict[str, Any]:
