@@ -94,8 +94,8 @@ def format_eval(result: Mapping[str, Any]) -> str:
                     "serving has used as much energy as training "
                     f"({result['depth_joules']:,.1f} J)")
     elif result.get("train_joules") is None:
-        rows.append("  break-even: no training record for this model (a Hugging Face model "
-                    "without depth.json beside it; --source names the trained one)")
+        rows.append("  break-even: no training record for this model (it carries none: name "
+                    "the trained one with --source, or source= in Python)")
     if "logged_model" in result:
         where = (f"logged on LoggedModel {result['logged_model']}" if result["logged_model"]
                  else "not logged to MLflow (no LoggedModel found for this checkpoint)")
