@@ -13,24 +13,12 @@ from mlflow import MlflowClient
 from depth.cli import main
 from depth.serving.amortize import duration_text
 from depth.tracking.publish import register_model
+from tests.support.tiny_recipe import train_tiny_recipe
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from depth.gpt.recipe import load_recipe
-    from depth.gpt.train import train
-
-    root = tmp_path_factory.mktemp("amortize")
-    uri = f"sqlite:///{root}/mlflow.db"  # not the session's global store (tests/conftest.py)
-    recipe = load_recipe("tiny-cpu", [
-        "--model.n_layer", "1", "--model.n_head", "2", "--model.n_embd", "16",
-        "--model.block_size", "16", "--train.batch_size", "2", "--train.max_steps", "2",
-        "--train.val_batches", "1", "--train.val_every_n_steps", "2",
-        "--train.progress_bar", "false", "--data.stdlib_glob", "json/*.py",
-        "--data.val_fraction", "0.2", "--data.cache_dir", str(root / "hf"),
-        "--tracking.tracking_uri", uri, "--tracking.experiment_name", "amortize",
-        "--train.out_dir", str(root / "out")])
-    return uri, train(recipe).checkpoint
+    return train_tiny_recipe(tmp_path_factory.mktemp("amortize"), "amortize")
 
 
 def amortize(capsys, *argv):

@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from depth.gpt.model import GPT, GPTConfig
 from depth.serving.inference import EvalConfig, measure, spread_ratio
 from tests.doubles.meters import IncrementMeter, LazyStartMeter
+from tests.support.tiny_recipe import train_tiny_recipe
 from tests.serving.test_inference import model_adapter
 
 
@@ -93,20 +94,7 @@ def test_energy_held_before_the_first_read_is_charged_to_no_window(idle_s):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from depth.gpt.recipe import load_recipe
-    from depth.gpt.train import train
-
-    root = tmp_path_factory.mktemp("busy")
-    uri = f"sqlite:///{root}/mlflow.db"
-    recipe = load_recipe("tiny-cpu", [
-        "--model.n_layer", "1", "--model.n_head", "2", "--model.n_embd", "16",
-        "--model.block_size", "16", "--train.batch_size", "2", "--train.max_steps", "2",
-        "--train.val_batches", "1", "--train.val_every_n_steps", "2",
-        "--train.progress_bar", "false", "--data.stdlib_glob", "json/*.py",
-        "--data.val_fraction", "0.2", "--data.cache_dir", str(root / "hf"),
-        "--tracking.tracking_uri", uri, "--tracking.experiment_name", "busy",
-        "--train.out_dir", str(root / "out")])
-    return uri, train(recipe).checkpoint
+    return train_tiny_recipe(tmp_path_factory.mktemp("busy"), "busy")
 
 
 def test_unstable_batches_are_flagged_in_table_json_and_mlflow(checkpoint, capsys):
