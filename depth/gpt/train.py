@@ -26,15 +26,12 @@ from depth.tracking.store import redact, unreachable, urls_unprinted
 
 
 class DepthProgressBar(TQDMProgressBar):
-    """Lightning's progress bar with the energy figures of the `DepthCallback` beside the
-    loss: cumulative joules, mean watts since the last point, training tokens per Wh."""
+    """Lightning's progress bar without the logger's version number: the loss beside the
+    energy figures the `DepthCallback` puts in ``trainer.progress_bar_metrics``."""
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
-        for callback in trainer.callbacks:
-            if isinstance(callback, DepthCallback):
-                metrics.update(callback.progress())
         return metrics
 
 

@@ -24,6 +24,7 @@ from depth.accounting.tokens import token_counter
 from depth.lightning.checkpoint_files import CheckpointFiles, checkpoint_dir
 from depth.lightning.facts import config_sha256, parent_of
 from depth.lightning.options import CallbackOptions
+from depth.lightning.progress_bar import show_figures
 from depth.lightning.ranks import Observation, Ranks, meter_for_rank
 from depth.lightning.sidecar import CrashSidecar, recover_wasted_work
 from depth.lightning.sinks import Sinks
@@ -73,12 +74,13 @@ class DepthCallback(Callback):
         log_checkpoints: bool = False,
         spool_dir: str | Path | None = None,
         tracking_retry_s: float = 30.0,
+        progress_bar: bool = True,
     ):
         self.options = CallbackOptions(
             meter, log_every_n_steps, tokens_per_batch, sync, log_per_device, sidecar,
             sidecar_interval_s, flush_interval_s, max_lag_s, mlflow_writer, tracking,
             experiment_name, parent, country_iso_code, region, pue, log_checkpoints,
-            spool_dir, tracking_retry_s)
+            spool_dir, tracking_retry_s, progress_bar)
         self._count_tokens = token_counter(tokens_per_batch)
         self.ledger = Ledger(max_lag_s=max_lag_s)
         self.sinks = Sinks(self.options)
@@ -87,7 +89,6 @@ class DepthCallback(Callback):
         self.meter: EnergyMeter | None = None
         self._owns_meter = False
         self.ranks: Ranks | None = None
-        self._trainer: pl.Trainer | None = None
         self.parent: dict[str, Any] | None = None
         self._baseline: list[Observation] = []
         self._sidecar: CrashSidecar | None = None
@@ -119,7 +120,7 @@ class DepthCallback(Callback):
             return
         if self._module is not None and self._module() is not pl_module:
             self._new_history()  # another model: its depth is not the last one's
-        self._module, self._trainer, self._status = weakref.ref(pl_module), trainer, "FINISHED"
+        self._module, self._status = weakref.ref(pl_module), "FINISHED"
         self._parameters = sum(p.numel() for p in pl_module.parameters())
         self._config_sha256 = config_sha256(trainer, pl_module)
         if self._intensity is None:
@@ -218,9 +219,7 @@ class DepthCallback(Callback):
             self.meter = None
 
     def progress(self) -> dict[str, float]:
-        """The latest energy figures for a progress bar (`FitProgress.figures`)."""
-        if self._trainer is not None:
-            self._emit(self._trainer)
+        """The energy figures the progress bar shows, as numbers (`FitProgress.figures`)."""
         return self.fit_progress.figures()
 
     def state_dict(self) -> dict[str, Any]:
@@ -273,6 +272,7 @@ class DepthCallback(Callback):
         if not points:
             return
         self.fit_progress.add(points)
+        show_figures(trainer, self.fit_progress.figures() if self.options.progress_bar else {})
         if trainer.is_global_zero and self.sinks:
             self.sinks.log(points, self.ranks.current_methods() if self.ranks else {})
 

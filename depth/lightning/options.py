@@ -60,6 +60,12 @@ class CallbackOptions:
             ``default_root_dir``).
         tracking_retry_s: How long a batch is retried, off the training thread, when a
             store that was working starts refusing writes, before it goes to the spool.
+        progress_bar: Show the live figures in the Trainer's progress bar (TQDM, Rich, or
+            any ``ProgressBar`` that draws ``trainer.progress_bar_metrics``): ``J``
+            (cumulative joules of the model's history), ``W`` (mean watts since the previous
+            point) and ``tok/Wh`` (training tokens per Wh over this fit), three significant
+            digits with an SI prefix (``J=12.3k``), updated when points are settled (at most
+            every ``flush_interval_s``). They are drawn only, never sent to a logger.
     """
 
     meter: Any = "auto"
@@ -81,6 +87,7 @@ class CallbackOptions:
     log_checkpoints: bool = False
     spool_dir: str | Path | None = None
     tracking_retry_s: float = 30.0
+    progress_bar: bool = True
 
     def __post_init__(self) -> None:
         meter = self.meter
@@ -107,7 +114,7 @@ class CallbackOptions:
                     0 < value <= 86_400):
                 raise ValueError(f"{name} must be a number of seconds, > 0 and at most a day; "
                                  f"got {value!r}")
-        for name in ("sidecar", "tracking", "log_checkpoints"):  # "no" would be truthy
+        for name in ("sidecar", "tracking", "log_checkpoints", "progress_bar"):  # "no": truthy
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
         if self.log_per_device is not None and not isinstance(self.log_per_device, bool):
