@@ -85,6 +85,11 @@ def run_provenance(args: Namespace) -> int:
               f"{seg['started']:<26} {seg['method']}")
     for flag in record.flags:
         print(f"  note: {flag}")
+    search = _search(args.source, record.record_sha256, args.tracking_uri)
+    if search:
+        print("search (depth attribute; kept beside the record, not in it)")
+        for line in search:
+            print(f"  {line}")
     if record.parent:
         from depth.record.lineage import chain
 
@@ -112,12 +117,15 @@ def declare_card(p: ArgumentParser) -> None:
 def run_card(args: Namespace) -> int:
     """`depth card`: Hugging Face model-card metadata (co2_eq_emissions and depth)."""
     from depth.record.card import card_yaml
+    from depth.serving.search_attach import attached_search
     from depth.tracking.sources import read_provenance
 
     output = checks.output_file("output", args.output, args.force) if args.output else None
     checks.tracking_uri("tracking-uri", args.tracking_uri)
     try:
-        text = card_yaml(read_provenance(args.source, tracking_uri=args.tracking_uri))
+        record = read_provenance(args.source, tracking_uri=args.tracking_uri)
+        text = card_yaml(record, attached_search(args.source, record.record_sha256,
+                                                 args.tracking_uri))
     except (OSError, ValueError) as err:
         print(f"depth card: {err}", file=sys.stderr)
         return 2
@@ -127,3 +135,14 @@ def run_card(args: Namespace) -> int:
     else:
         print(text, end="")
     return 0
+
+
+def _search(source: str, record_sha256: str | None, tracking_uri: str | None) -> list[str]:
+    """The lines of the search attributed to `source` (none, or one line if unreadable)."""
+    from depth.record.search import search_lines
+    from depth.serving.search_attach import attached_search
+
+    try:
+        return search_lines(attached_search(source, record_sha256, tracking_uri))
+    except ValueError as err:  # a damaged search file: the record is still shown
+        return [f"unreadable: {' '.join(str(err).split())}"]

@@ -222,6 +222,9 @@ def declare_report(p: ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="Print the rows as JSON.")
     p.add_argument("--no-log", action="store_true", help="Do not log the plots to MLflow.")
     p.add_argument("--tracking-uri", type=str, default=None, help="The MLflow store.")
+    p.add_argument("--keep", type=str, default=None,
+                   help="Models kept from the search besides the registered and attributed "
+                   "ones: LoggedModel ids, comma-separated (m-ID,m-ID).")
 
 
 def run_report(args: Namespace) -> int:
@@ -234,9 +237,13 @@ def run_report(args: Namespace) -> int:
     checks.tracking_uri("tracking-uri", args.tracking_uri)
     out = checks.writable_dir("out", args.out or Path("reports") / args.experiment)
     uri = args.tracking_uri or default_tracking_uri()
+    keep = [k.strip() for k in (args.keep or "").split(",") if k.strip()]
+    if any(not k.startswith("m-") for k in keep):
+        raise UsageError(f"--keep takes LoggedModel ids like m-0123abcd (comma-separated); "
+                         f"got {args.keep!r}")
     try:
         report = make_report(args.experiment, uri, out, args.all_checkpoints,
-                             log=not args.no_log)
+                             log=not args.no_log, keep=keep)
     except ValueError as err:
         print(f"depth report: {one_line(err)}", file=sys.stderr)
         return 2
@@ -251,6 +258,9 @@ def run_report(args: Namespace) -> int:
 
     print(f"for scale: GPT-3 took ~{GPT3_J_PER_PARAMETER:.1f} J per parameter to train "
           "(1,287 MWh, Patterson et al. 2021)")
+    print()
+    for line in report.search_lines:
+        print(line)
     print("\nwritten: " + ", ".join(str(p) for p in report.files))
     if report.run_id:
         print(f"logged to run {report.run_id} (artifacts depth-report/)")

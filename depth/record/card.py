@@ -8,9 +8,11 @@ location, hardware) and no energy field; depth's energy figures ride beside it u
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from depth.record.provenance import Provenance
+from depth.record.search import card_fields
 from depth.record.uncertainty import is_measured, measurement_label
 
 
@@ -25,8 +27,10 @@ def hardware_used(record: Provenance) -> str:
     return ", ".join(parts) + f" (energy: {record.method})" if parts else record.method
 
 
-def card_metadata(record: Provenance) -> dict[str, Any]:
-    """The model-card metadata: ``co2_eq_emissions`` and ``depth``.
+def card_metadata(record: Provenance, search: Mapping[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """The model-card metadata: ``co2_eq_emissions`` and ``depth`` (with the search's
+    ``search_joules`` etc. when `search`, from `depth attribute`, is given).
 
     A record with nothing measured gets no energy figures and no emissions (rather than a
     0 kWh and 0 g claim): ``measured: false`` and ``measurement`` say why.
@@ -49,6 +53,7 @@ def card_metadata(record: Provenance) -> dict[str, Any]:
         "uncertainty": record.uncertainty and {
             "relative": record.uncertainty["relative"], "joules": record.uncertainty["joules"],
             "methods": sorted(record.uncertainty.get("per_method", {}))},
+        **card_fields(search),  # the search that found it: apart from train/depth joules
     }
     meta: dict[str, Any] = {}
     if carbon.get("kg_co2eq") is not None:
@@ -64,8 +69,8 @@ def card_metadata(record: Provenance) -> dict[str, Any]:
     return meta
 
 
-def card_yaml(record: Provenance) -> str:
+def card_yaml(record: Provenance, search: Mapping[str, Any] | None = None) -> str:
     """The ``---``-fenced YAML block that opens a model card."""
     import yaml
 
-    return "---\n" + yaml.safe_dump(card_metadata(record), sort_keys=False) + "---\n"
+    return "---\n" + yaml.safe_dump(card_metadata(record, search), sort_keys=False) + "---\n"

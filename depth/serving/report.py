@@ -14,6 +14,7 @@ run in the same experiment:
 from __future__ import annotations
 
 import csv
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from depth.record.uncertainty import is_measured
 
 COLUMNS = ("model", "run", "step", "depth_kwh", "j_per_param", "train_tokens_per_wh",
            "inference_tokens_per_wh", "best_batch", "ceiling_fraction", "landauer_ratio",
-           "break_even_tokens", "method", "measured")
+           "break_even_tokens", "method", "measured", "search_joules")
 
 
 @dataclass
@@ -34,11 +35,20 @@ class Report:
     rows: list[dict[str, Any]]
     files: list[Path] = field(default_factory=list)
     run_id: str | None = None
+    search: dict[str, Any] = field(default_factory=dict)  # `ExperimentEnergy.summary`
+    search_lines: list[str] = field(default_factory=list)
 
 
 def _metric(model: Any, key: str) -> float | None:
     values = [m for m in (model.metrics or []) if m.key == key]
     return float(max(values, key=lambda m: m.timestamp).value) if values else None
+
+
+def _float_tag(model: Any, key: str) -> float | None:
+    try:
+        return float(model.tags[key])
+    except (KeyError, ValueError):
+        return None
 
 
 def _by_batch(model: Any) -> list[tuple[int, float]]:
@@ -86,6 +96,7 @@ def collect(client: Any, tracking_uri: str, experiment_id: str, all_checkpoints:
             "break_even_tokens": (depth_j / j_token) if j_token and depth_j else None,
             "method": record.method,
             "measured": is_measured(record.method) and record.measured is not False,
+            "search_joules": _float_tag(m, "depth.search_joules"),  # `depth attribute`
         }
         out.append((row, m))
     out.sort(key=lambda pair: (pair[0]["model"], pair[0]["step"]))
@@ -173,9 +184,12 @@ def _plot_amortization(pairs: list[tuple[dict[str, Any], Any]], path: Path) -> N
 
 
 def make_report(experiment: str, tracking_uri: str, out_dir: Path,
-                all_checkpoints: bool = False, log: bool = True) -> Report:
+                all_checkpoints: bool = False, log: bool = True,
+                keep: list[str] | None = None) -> Report:
     """Builds the table and plots for `experiment`; writes them to `out_dir` (and, with
-    `log`, to a ``depth-report`` run of the experiment).
+    `log`, to a ``depth-report`` run of the experiment). The search (`depth.serving.search`:
+    every run's joules beside the kept models', `keep` naming more of them) goes to
+    ``search.json``.
 
     Raises:
         ValueError: No such experiment, or no depth models in it.
@@ -193,6 +207,9 @@ def make_report(experiment: str, tracking_uri: str, out_dir: Path,
 
         raise ValueError(f"no experiment {experiment!r} at {redact(tracking_uri)}"
                          + (f"; there are: {', '.join(names)}" if names else ""))
+    from depth.serving.search import experiment_energy, report_lines
+
+    energy = experiment_energy(client, found, keep or ())  # a bad --keep fails here, first
     pairs = collect(client, tracking_uri, found.experiment_id, all_checkpoints)
     if not pairs:
         raise ValueError(f"experiment {experiment!r} has no models with depth records")
@@ -200,7 +217,7 @@ def make_report(experiment: str, tracking_uri: str, out_dir: Path,
     runs = {row["run"]: client.get_run(row["run"]).info.run_name or row["run"][:8]
             for row, _ in pairs}
     files = [out_dir / "cumulative_joules.png", out_dir / "tokens_per_wh_by_batch.png",
-             out_dir / "amortization.png", out_dir / "models.csv"]
+             out_dir / "amortization.png", out_dir / "models.csv", out_dir / "search.json"]
     _plot_joules(client, runs, files[0])
     _plot_batches(pairs, files[1])
     _plot_amortization(pairs, files[2])
@@ -209,7 +226,9 @@ def make_report(experiment: str, tracking_uri: str, out_dir: Path,
         writer.writeheader()
         for row, _ in pairs:
             writer.writerow(row)
-    report = Report(rows=[row for row, _ in pairs], files=files)
+    files[4].write_text(json.dumps(energy.summary(), indent=2))
+    report = Report(rows=[row for row, _ in pairs], files=files, search=energy.summary(),
+                    search_lines=report_lines(energy))
     if log:
         run = client.create_run(found.experiment_id, run_name="depth-report",
                                 tags={"depth.report": "true"})
@@ -240,7 +259,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             ("infer tok/Wh", "inference_tokens_per_wh", "int"), ("batch", "best_batch", "int"),
             ("ceiling", "ceiling_fraction", "pct"), ("x Landauer", "landauer_ratio", "g"),
             ("break-even tok", "break_even_tokens", "int"), ("method", "method", "s"),
-            ("measured", "measured", "s")]
+            ("measured", "measured", "s"), ("search J", "search_joules", "g")]
     table = [[title for title, _, _ in spec]]
     table += [[fmt(row.get(key), kind) for _, key, kind in spec] for row in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(spec))]
