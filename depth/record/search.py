@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 J_PER_KWH = 3.6e6
+ENTRY_TAG = "depth.search."  # + experiment id: that experiment's entry, as JSON
 
 
 def combine(record_sha256: str | None, experiments: Mapping[str, Mapping[str, Any]]
@@ -46,6 +47,21 @@ def with_entry(search: Mapping[str, Any] | None, record_sha256: str | None, key:
     experiments = dict((search or {}).get("experiments") or {})
     experiments[key] = dict(entry)
     return combine(record_sha256, experiments)
+
+
+def search_from_tags(tags: Mapping[str, str]) -> dict[str, Any] | None:
+    """The search kept in a LoggedModel's tags (``depth.search.<experiment id>``), or
+    ``None``: what a summary built from the tags passes to `search_lines`."""
+    import json
+
+    entries = {}
+    for key, value in tags.items():
+        if key.startswith(ENTRY_TAG):
+            try:
+                entries[key.removeprefix(ENTRY_TAG)] = json.loads(value)
+            except ValueError:  # edited by hand: not ours to read
+                continue
+    return combine(tags.get("depth.record_sha256"), entries) if entries else None
 
 
 def _joules(value: float) -> str:

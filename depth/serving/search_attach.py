@@ -15,11 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from depth.record.search import J_PER_KWH, combine, with_entry
+from depth.record.search import ENTRY_TAG, J_PER_KWH, combine, search_from_tags, with_entry
 from depth.serving.search import HOW, experiment_energy
 
 SEARCH_SUFFIX = ".depth-search.json"
-ENTRY_TAG = "depth.search."  # + experiment id: that experiment's entry, as JSON
 MAX_TAG_CHARS = 8000  # MLflow's limit on a tag value
 
 
@@ -30,14 +29,7 @@ def search_file(source: str) -> Path:
 
 def model_search(model: Any) -> dict[str, Any] | None:
     """The search kept in a LoggedModel's tags, or ``None``."""
-    entries = {}
-    for key, value in model.tags.items():
-        if key.startswith(ENTRY_TAG):
-            try:
-                entries[key.removeprefix(ENTRY_TAG)] = json.loads(value)
-            except ValueError:  # edited by hand: not ours to read
-                continue
-    return combine(model.tags.get("depth.record_sha256"), entries) if entries else None
+    return search_from_tags(model.tags)
 
 
 def attached_search(source: str, record_sha256: str | None = None,
