@@ -50,6 +50,14 @@ def progress(line: str) -> None:
     print(f"  {line}", file=sys.stderr)
 
 
+def warn_line(command: str) -> Callable[[str], None]:
+    """A warning callback printing ``depth COMMAND: LINE`` on stderr, one line."""
+    def warn(line: str) -> None:
+        print(f"depth {command}: {one_line(line)}", file=sys.stderr, flush=True)
+
+    return warn
+
+
 def int_list(name: str, text: str | None) -> list[int] | None:
     if not text:
         return None

@@ -10,7 +10,7 @@ from typing import Any
 from jsonargparse import ArgumentParser, Namespace
 
 from depth.cli import checks
-from depth.cli.common import UsageError, int_list, one_line, progress
+from depth.cli.common import UsageError, int_list, one_line, progress, warn_line
 
 # Options of a checkpoint's eval that mean nothing for a server (it picks its own).
 NOT_FOR_ENDPOINT = ("batch_sizes", "dtype", "device", "hardware", "model_class", "context_tokens")
@@ -69,27 +69,40 @@ def run_endpoint(args: Namespace) -> int:
         result = evaluate_endpoint(args.endpoint, args.model_name, config, meter=args.meter,
                                    source=args.source, server_pid=args.server_pid,
                                    tracking_uri=args.tracking_uri, log=not args.no_log,
-                                   progress=progress)
+                                   progress=progress, warn=warn_line("eval"),
+                                   on_start=None if args.json else _show_heading)
     except (OSError, ValueError) as err:
         print(f"depth eval: {one_line(err)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print_endpoint(result)
+        print_endpoint(result, heading=False)  # the heading came before the progress lines
     return 0
 
 
-def print_endpoint(result: dict[str, Any]) -> None:
-    """The sweep as a table, with what the meter covers above it."""
-    measured = "measured" if result["measured"] else "ESTIMATED: no sensor"
-    print(f"depth eval: {result['model_name']} served at {result['endpoint']}  "
-          f"({result['method']}, {measured})")
-    for line in result["meter_covers"]:
-        print(f"  meter covers {line}")
-    if result.get("uncertainty"):
-        print(f"  uncertainty +/-{result['uncertainty']['relative']:.0%} on every energy figure "
-              "(assumed for the method, not measured here)")
+def _show_heading(facts: dict[str, Any]) -> None:
+    print(endpoint_heading(facts), flush=True)
+
+
+def endpoint_heading(facts: dict[str, Any]) -> str:
+    """What is measured and what the meter covers: a result, or the facts that
+    `evaluate_endpoint` hands ``on_start`` before measuring."""
+    measured = "measured" if facts["measured"] else "ESTIMATED: no sensor"
+    rows = [f"depth eval: {facts['model_name']} served at {facts['endpoint']}  "
+            f"({facts['method']}, {measured})"]
+    rows += [f"  meter covers {line}" for line in facts["meter_covers"]]
+    if facts.get("uncertainty"):
+        rows.append(f"  uncertainty +/-{facts['uncertainty']['relative']:.0%} on every energy "
+                    "figure (assumed for the method, not measured here)")
+    return "\n".join(rows)
+
+
+def print_endpoint(result: dict[str, Any], heading: bool = True) -> None:
+    """The sweep as a table, with what the meter covers above it (unless the `heading`
+    was printed already)."""
+    if heading:
+        print(endpoint_heading(result))
     length = ("exactly" if result["fixed_output_length"] else
               "at most (the server ends at EOS: it takes no ignore_eos), counted from usage:")
     print(f"  prompt {result['prompt_tokens']} tokens (from usage), {length} "
@@ -113,6 +126,7 @@ def print_endpoint(result: dict[str, Any]) -> None:
           f"{result['best_concurrency']} streams, {result['tokens_per_wh']:,.0f} tokens/Wh, "
           f"{result['joules_per_token']:.4g} J/token, "
           f"{result['physics']['wh_per_million_tokens']:.4g} Wh per million tokens")
+    print(f"  loss: {result['physics'].get('loss') or 'not measured'}")
     if result["break_even_tokens"] is not None:
         print(f"  break-even: after {result['break_even_tokens']:,.0f} served tokens, serving "
               f"has used as much energy as training ({result['depth_joules']:,.1f} J)")

@@ -10,7 +10,7 @@ from typing import Any
 from jsonargparse import ArgumentParser, Namespace
 
 from depth.cli import checks
-from depth.cli.common import UsageError, int_list, one_line, positive, progress
+from depth.cli.common import UsageError, int_list, one_line, positive, progress, warn_line
 
 # ----------------------------------------------------------------------------- eval
 
@@ -101,7 +101,9 @@ def run_eval(args: Namespace) -> int:
                           log=not args.no_log, progress=progress, trust=args.trust,
                           model_class=args.model_class, attach_to=args.source,
                           context_tokens=args.context_tokens,
-                          kv_cache=False if args.no_kv_cache else None)
+                          kv_cache=False if args.no_kv_cache else None,
+                          warn=warn_line("eval"),
+                          on_start=None if args.json else _heading(args.source or args.model))
     except (OSError, ValueError) as err:
         print(f"depth eval: {one_line(err)}", file=sys.stderr)
         return 2
@@ -114,8 +116,18 @@ def run_eval(args: Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    _print_eval(result)
+    _print_eval(result, heading=False)  # the heading came before the progress lines
     return 0
+
+
+def _heading(source: str) -> Any:
+    """Prints the table's heading as measuring starts: before the progress lines."""
+    def show(facts: dict[str, Any]) -> None:
+        from depth.serving.table import eval_heading
+
+        print(eval_heading({**facts, "source": source}), flush=True)
+
+    return show
 
 
 def _check_eval(args: Namespace) -> None:
@@ -148,10 +160,10 @@ def _check_eval(args: Namespace) -> None:
             raise UsageError(one_line(err)) from None
 
 
-def _print_eval(result: dict[str, Any]) -> None:
+def _print_eval(result: dict[str, Any], heading: bool = True) -> None:
     from depth.serving.table import format_eval
 
-    print(format_eval(result))
+    print(format_eval(result, heading))
 
 
 # ----------------------------------------------------------------------------- amortize

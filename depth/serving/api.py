@@ -16,7 +16,13 @@ from typing import Any
 import torch
 
 from depth.serving.adapters import GenerateRunner
-from depth.serving.attach import attach, resolve_target
+from depth.serving.attach import (
+    attach,
+    count_parameters,
+    python_warning,
+    resolve_target,
+    tie_warning,
+)
 from depth.serving.evaluation import measure_result
 from depth.serving.inference import EvalConfig, sweep_sizes
 
@@ -43,7 +49,10 @@ def measure_inference(model: Any = None, *,
         generate: Instead of `model`: ``generate(prompt, new_tokens)`` producing exactly
             `new_tokens` per sequence (EOS ignored); needs `vocab_size`.
         source: The trained model the result belongs to (a checkpoint, ``runs:/``,
-            ``models:/``, ``m-``): checked before measuring, attached after.
+            ``models:/``, ``m-``): checked before measuring, attached after. A `model`
+            whose parameter count differs from the count in the source's record, or a
+            `generate` callable (no weights to count), gets a ``UserWarning`` (also kept
+            in the result's ``warnings``); so does an earlier eval the result replaces.
         meter: ``"auto"``, a meter name, or an `EnergyMeter` (closed when done).
         batch_sizes: Default 1, 4, 16, 64 (on a GPU x4 up to 1024, or the first that does
             not fit).
@@ -75,6 +84,9 @@ def measure_inference(model: Any = None, *,
                         dtype=dtype or ("bf16" if cuda else "fp32"), repeats=repeats,
                         min_window_s=min_window_s, idle_s=idle_s)
     target = resolve_target(source, tracking_uri, log) if source is not None else None
+    tie = target and tie_warning(target, None, count_parameters(model), "the measured model")
+    if tie:
+        python_warning(tie)
     subject = model if generate is None else GenerateRunner(generate, kv_cache)
     result = measure_result(subject, config, device, meter, vocab_size=vocab_size,
                             hardware=hardware, temperature_k=temperature_k,
@@ -83,4 +95,5 @@ def measure_inference(model: Any = None, *,
     named = model if generate is None else generate
     result["model"] = f"{type(named).__module__}.{type(named).__qualname__}" if (
         generate is None) else getattr(generate, "__qualname__", "generate callable")
+    result["warnings"] = [tie] if tie else []
     return attach(result, target, log) if target is not None else result

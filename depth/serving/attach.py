@@ -12,12 +12,20 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 EVAL_SUFFIX = ".depth-eval.json"
+
+Warn = Callable[[str], None]  # takes one line: the CLI prints it, the API warns with it
+
+
+def python_warning(line: str) -> None:
+    """The default `Warn` of the Python API: a ``UserWarning`` saying ``depth: LINE``."""
+    warnings.warn(f"depth: {line}", stacklevel=3)
 
 
 @dataclass
@@ -77,14 +85,105 @@ def target_for(source: str, record: dict[str, Any], tracking_uri: str | None = N
     return Target(source, record, model_id, uri if model_id else None)
 
 
-def attach(result: dict[str, Any], target: Target, log: bool = True) -> dict[str, Any]:
+def count_parameters(model: Any) -> int | None:
+    """Parameters of a torch module, as the callback counts them for the record (shared
+    tensors once); ``None`` for anything else (a generate callable, a server)."""
+    params = getattr(model, "parameters", None)
+    if not callable(params):
+        return None
+    try:
+        return sum(p.numel() for p in params())
+    except (TypeError, AttributeError):
+        return None
+
+
+def tie_warning(target: Target, own_record: Mapping[str, Any] | None, parameters: int | None,
+                what: str = "the evaluated model") -> str | None:
+    """One line when `what` cannot be tied to the trained model `target` names, else
+    ``None``.
+
+    Tied means: it carries that very record (same ``record_sha256``), or, carrying none,
+    it has the parameter count that record states (weights change legitimately between
+    training and serving: export, dtype, a server's own format, so their digest cannot be
+    compared; the architecture's size can). A model carrying *another* record is refused
+    earlier, not warned about."""
+    record = target.record
+    if own_record and own_record.get("record_sha256") == record.get("record_sha256"):
+        return None
+    expected = record.get("parameters")
+    if parameters is None:
+        return (f"warning: {what} cannot be checked against {target.source}'s record (depth "
+                "sees no weights): the figures are attached to it on your word")
+    if expected is None:
+        return (f"warning: {target.source}'s record states no parameter count, so {what} "
+                f"({parameters:,} parameters) cannot be checked against it: the figures are "
+                "attached to it on your word")
+    if parameters != expected:
+        return (f"warning: {what} has {parameters:,} parameters but {target.source}'s record "
+                f"states {expected:,}: it is probably not the model trained there (the "
+                "figures are attached to it anyway; check the source)")
+    return None
+
+
+def _when(value: Any, fallback_s: float | None) -> str:
+    if isinstance(value, str) and value:
+        return value
+    if fallback_s is None:
+        return "an unknown date"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(fallback_s))
+
+
+def previous_eval(source: str, model_id: str | None, tracking_uri: str | None
+                  ) -> str | None:
+    """What an eval attached to `source` now would replace, in words (its date, tokens/Wh
+    and the model measured), or ``None`` when there is none."""
+    path = eval_file(source)
+    if path.is_file() and not source.startswith(("runs:/", "models:/", "m-", "hf:")):
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            tokens_per_wh = f"{float(saved['tokens_per_wh']):,.0f} tokens/Wh"
+            model = saved.get("model_name") or saved.get("model") or "a model"
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return f"replaced {path} (unreadable: edited or damaged)"
+        return (f"replaced the previous eval attached to {source}: {model} measured on "
+                f"{_when(saved.get('measured_at'), path.stat().st_mtime)}, {tokens_per_wh}")
+    if model_id and tracking_uri:
+        from mlflow import MlflowClient
+
+        model = MlflowClient(tracking_uri).get_logged_model(model_id)
+        evals = [m for m in model.metrics or [] if m.key == "inference/tokens_per_wh"]
+        if evals:
+            latest = max(evals, key=lambda m: m.timestamp)
+            return (f"superseded the previous eval on LoggedModel {model_id}: "
+                    f"{model.tags.get('depth.inference_model', 'a model')} measured on "
+                    f"{_when(None, latest.timestamp / 1000)}, {latest.value:,.0f} tokens/Wh "
+                    "(its metrics stay in the LoggedModel's history)")
+    return None
+
+
+def write_eval(result: dict[str, Any], source: str, warn: Warn) -> None:
+    """Writes `result` beside a checkpoint or model folder `source` (where `depth amortize`
+    looks), saying what it replaces; sets ``written``."""
+    written = eval_file(source)
+    replaced = previous_eval(source, None, None)
+    written.write_text(json.dumps(result, indent=2))
+    result["written"] = str(written)
+    if replaced:
+        result.setdefault("warnings", []).append(replaced)
+        warn(replaced)
+
+
+def attach(result: dict[str, Any], target: Target, log: bool = True,
+           warn: Warn = python_warning) -> dict[str, Any]:
     """Sets the source's training figures on `result` (``source``, ``record_sha256``,
-    ``train_joules``, ``depth_joules``, ``parameters``, ``break_even_tokens``), writes it
-    beside a checkpoint source, and logs it on the source's LoggedModel (when `log`).
+    ``train_joules``, ``depth_joules``, ``parameters``, ``break_even_tokens``,
+    ``measured_at``), writes it beside a checkpoint source, and logs it on the source's
+    LoggedModel (when `log`); a previous eval it replaces is named through `warn`.
     Returns `result`, with ``written`` and ``logged_model`` set."""
     from depth.tracking.sources import is_mlflow_source
 
     record = target.record
+    result.setdefault("measured_at", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
     result["source"] = target.source
     result["record_sha256"] = record.get("record_sha256")
     result["train_joules"] = record.get("train_joules")  # None: a model trained elsewhere
@@ -95,9 +194,11 @@ def attach(result: dict[str, Any], target: Target, log: bool = True) -> dict[str
                                    else result["depth_joules"] / result["joules_per_token"])
     result["logged_model"] = None
     if not is_mlflow_source(target.source) and not target.source.startswith("hf:"):
-        written = eval_file(target.source)  # beside a file or a model folder
-        written.write_text(json.dumps(result, indent=2))
-        result["written"] = str(written)
+        write_eval(result, target.source, warn)  # beside a file or a model folder
+    elif log and target.model_id and target.tracking_uri:
+        if replaced := previous_eval(target.source, target.model_id, target.tracking_uri):
+            result.setdefault("warnings", []).append(replaced)
+            warn(replaced)
     if log and target.model_id and target.tracking_uri:
         log_inference_metrics(target.tracking_uri, target.model_id, result)
         result["logged_model"] = target.model_id
@@ -110,6 +211,10 @@ def log_inference(result: Mapping[str, Any], source: str, tracking_uri: str | No
     to the trained model at `source`, as `depth eval --source` does; `depth amortize` and
     `depth report` then use it. Returns the result with the source's figures added.
 
+    The measured model's parameter count (``model_parameters``) is checked against the
+    source's record; a warning says when they differ, or when there is none (a generate
+    callable) to check.
+
     Raises:
         OSError: A missing or unreadable checkpoint file.
         ValueError: No record at `source`, or a result without ``joules_per_token`` (one line).
@@ -118,7 +223,12 @@ def log_inference(result: Mapping[str, Any], source: str, tracking_uri: str | No
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError("the result has no positive joules_per_token: pass what "
                          "depth.measure_inference returned")
-    return attach(dict(result), resolve_target(source, tracking_uri, log, trust), log)
+    target = resolve_target(source, tracking_uri, log, trust)
+    out = dict(result)
+    if tie := tie_warning(target, None, out.get("model_parameters"), "the measured model"):
+        out["warnings"] = [*out.get("warnings", []), tie]
+        python_warning(tie)
+    return attach(out, target, log)
 
 
 def _log_model_metrics(tracking_uri: str, model_id: str, metrics: list[tuple[str, float, int]],

@@ -15,15 +15,22 @@ What each meter covers, for a server on this machine:
 
 from __future__ import annotations
 
-import json
 import socket
+import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from depth.serving.attach import (
+    Target,
+    Warn,
+    log_inference_metrics,
+    previous_eval,
+    python_warning,
+    tie_warning,
+    write_eval,
+)
 from depth.serving.endpoint import Client, EndpointConfig, measure_endpoint
-from depth.serving.attach import EVAL_SUFFIX, log_inference_metrics
 from depth.serving.evaluation import energy_basis
 from depth.serving.physics import wh_per_million_tokens
 
@@ -143,36 +150,54 @@ def _target(source: str, tracking_uri: str | None, log: bool) -> tuple[Any, str 
 def evaluate_endpoint(endpoint: str, model_name: str, config: EndpointConfig,
                       meter: Any = "auto", source: str | None = None,
                       server_pid: int | None = None, tracking_uri: str | None = None,
-                      log: bool = True, progress: Callable[[str], None] | None = None
+                      log: bool = True, progress: Callable[[str], None] | None = None,
+                      warn: Warn = python_warning,
+                      on_start: Callable[[dict[str, Any]], None] | None = None
                       ) -> dict[str, Any]:
     """Measures the server at `endpoint` serving `model_name`; returns one JSON-ready
     object, attached to `source` (a checkpoint, ``runs:/``, ``models:/``, ``m-``) when
     given: written beside a checkpoint, logged on its LoggedModel.
 
+    `warn` gets each warning line: that a served model cannot be checked against the
+    source's record (said before measuring), a previous eval the result replaces, a sweep
+    stopped part-way. `on_start` gets the heading's facts (method, what the meter covers)
+    once the meter is open, before the progress lines.
+
     Raises:
         ValueError: One line: not a server here, no way to meter it, a source without a
             record, or a server that refuses or sends no ``usage``.
     """
+    from depth.record.uncertainty import is_measured, of_method
+
     _, port = local_server(endpoint)
     record, model_id, uri = (_target(source, tracking_uri, log) if source
                              else (None, None, None))
+    tie = record is not None and tie_warning(Target(source, record.to_dict(), None, None),
+                                             None, None, "a served model")
+    if tie:
+        warn(tie)
     pid = server_pid if server_pid is not None else listening_pid(port)
     energy, covered = endpoint_meter(meter, pid, port)
     try:
+        if on_start is not None:
+            on_start({"model_name": model_name, "endpoint": endpoint, "method": energy.method,
+                      "measured": is_measured(energy.method), "meter_covers": covered,
+                      "uncertainty": of_method(energy.method)})
         result = measure_endpoint(Client(endpoint, model_name, config.request_timeout_s),
                                   energy.read, config, progress)
         result["energy_basis"] = energy_basis(energy)
         method = energy.method
     finally:
         energy.close()
-    from depth.record.uncertainty import is_measured, of_method
-
     result.update(kind="endpoint", endpoint=endpoint, model_name=model_name, server_pid=pid,
                   method=method, device=f"endpoint {endpoint}", dtype="as served",
                   meter_covers=covered, measured=is_measured(method),
                   uncertainty=of_method(method),
                   physics={"wh_per_million_tokens": wh_per_million_tokens(
-                      result["tokens_per_wh"])},
+                      result["tokens_per_wh"]), "held_out_loss_nats": None,
+                      "loss": "not measured (a served endpoint: no held-out data)"},
+                  measured_at=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                  warnings=[tie] if tie else [],
                   source=source, record_sha256=None, train_joules=None, depth_joules=None,
                   parameters=None, break_even_tokens=None, logged_model=None)
     for part in ((result["uncertainty"] or {}).get("per_method") or {}).values():
@@ -182,10 +207,16 @@ def evaluate_endpoint(endpoint: str, model_name: str, config: EndpointConfig,
         result.update(record_sha256=record.record_sha256, train_joules=record.train_joules,
                       depth_joules=record.depth_joules, parameters=record.parameters,
                       break_even_tokens=record.depth_joules / result["joules_per_token"])
+    if result.get("stopped"):  # the levels measured are kept, and attached
+        stopped = (f"warning: the sweep stopped part-way ({result['stopped']}); the "
+                   f"{len(result['batches'])} levels measured before it are kept")
+        result["warnings"].append(stopped)
+        warn(stopped)
     if source and not source.startswith(MLFLOW_PREFIXES):
-        written = Path(source.rstrip("/") + EVAL_SUFFIX)  # where `depth amortize` looks
-        written.write_text(json.dumps(result, indent=2))
-        result["written"] = str(written)
+        write_eval(result, source, warn)  # where `depth amortize` looks
+    elif model_id and uri and (replaced := previous_eval(source or "", model_id, uri)):
+        result["warnings"].append(replaced)
+        warn(replaced)
     if model_id and uri:
         log_inference_metrics(uri, model_id, result)
         from mlflow import MlflowClient

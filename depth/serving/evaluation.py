@@ -18,13 +18,28 @@ from depth.serving.attach import (  # noqa: F401  (EVAL_SUFFIX, metrics: names o
     EVAL_SUFFIX,
     eval_file,
     Target,
+    Warn,
     _log_model_metrics,
     attach,
+    count_parameters,
+    python_warning,
     log_inference_metrics,
     resolve_target,
     target_for,
 )
 from depth.serving.inference import EvalConfig, measure
+
+
+NOT_A_RECIPE = "not a depth recipe"  # why a model's held-out loss is not measured
+
+
+def loss_note(recipe_loader: bool, recipe: Mapping[str, Any] | None, batches: int) -> str:
+    """Why no held-out loss was measured: only a depth recipe names its held-out data."""
+    if not recipe_loader:
+        return NOT_A_RECIPE
+    if not recipe:
+        return "the checkpoint names no recipe, so no held-out data"
+    return "--loss-batches 0" if batches < 1 else "no validation batches"
 
 
 def held_out_loss(module: Any, recipe: Mapping[str, Any] | None, batches: int) -> float | None:
@@ -60,12 +75,16 @@ def _eval_meter(device: torch.device, meter: Any) -> Any:
 
 def physics_of(result: Mapping[str, Any], vocab_size: int, loss_nats: float | None,
                flops_per_token: float | None, device: physics.Hardware | None,
-               temperature_k: float = 300.0) -> dict[str, Any]:
+               temperature_k: float = 300.0, loss_note: str = NOT_A_RECIPE) -> dict[str, Any]:
     """Landauer's bound per token, the compute ceiling, and how far the measured figure is
-    from each."""
+    from each. ``loss`` says whether the held-out loss (which the bound needs) was measured,
+    and if not why (`loss_note`): never a silent gap."""
     j_per_token = result["joules_per_token"]
     out: dict[str, Any] = {"temperature_k": temperature_k,
-                           "landauer_j_per_bit": physics.landauer_j_per_bit(temperature_k)}
+                           "landauer_j_per_bit": physics.landauer_j_per_bit(temperature_k),
+                           "held_out_loss_nats": loss_nats,
+                           "loss": ("measured on the recipe's validation split"
+                                    if loss_nats is not None else f"not measured ({loss_note})")}
     if loss_nats is not None:
         bits = physics.bits_removed_per_token(vocab_size, loss_nats)
         bound = physics.landauer_j_per_token(vocab_size, loss_nats, temperature_k)
@@ -95,14 +114,26 @@ def measure_result(model: Any, config: EvalConfig, device: str | torch.device | 
                    hardware: str | None = None, temperature_k: float = 300.0,
                    loss_nats: float | None = None, flops_per_token: float | None = None,
                    context_tokens: int | None = None, kv_cache: bool | None = None,
-                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                   progress: Callable[[str], None] | None = None,
+                   on_start: Callable[[dict[str, Any]], None] | None = None,
+                   loss_note: str = NOT_A_RECIPE) -> dict[str, Any]:
     """Measures `model` (a model or a runner of `depth.serving.adapters`) with a meter and
     sets it against physics: the JSON-ready result, before it is attached to a source.
 
-    `meter` is ``"auto"``, a meter name, or an `EnergyMeter` (closed when done)."""
+    `meter` is ``"auto"``, a meter name, or an `EnergyMeter` (closed when done).
+    `on_start` gets what the table's heading says (device, dtype, method, uncertainty) once
+    the meter is open and before anything is measured, so that a heading precedes the
+    `progress` lines."""
+    from depth.record.uncertainty import is_measured, of_method
+
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     energy = _eval_meter(dev, meter)
     try:
+        if on_start is not None:
+            on_start({"device": str(dev), "dtype": config.dtype, "method": energy.method,
+                      "measured": is_measured(energy.method),
+                      "uncertainty": of_method(energy.method),
+                      "energy_basis": energy_basis(energy)})
         result = measure(model, energy.read, config, vocab_size, dev, method=energy.method,
                          progress=progress, context_tokens=context_tokens,
                          kv_cache=kv_cache).to_dict()
@@ -117,12 +148,11 @@ def measure_result(model: Any, config: EvalConfig, device: str | torch.device | 
             device_hw = physics.hardware(torch.cuda.get_device_name(dev))
         except ValueError:
             device_hw = None
-    from depth.record.uncertainty import is_measured, of_method
-
+    result["model_parameters"] = count_parameters(model)  # to tie it to a source's record
     result["measured"] = is_measured(result["method"])
     result["uncertainty"] = of_method(result["method"])
     result["physics"] = physics_of(result, result["vocab_size"], loss_nats, flops_per_token,
-                                   device_hw, temperature_k)
+                                   device_hw, temperature_k, loss_note)
     return result
 
 
@@ -156,7 +186,8 @@ def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: 
              tracking_uri: str | None = None, log: bool = True, trust: bool = False,
              progress: Callable[[str], None] | None = None, model_class: str | None = None,
              attach_to: str | None = None, context_tokens: int | None = None,
-             kv_cache: bool | None = None) -> dict[str, Any]:
+             kv_cache: bool | None = None, warn: Warn = python_warning,
+             on_start: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Measures the model at `source`; returns one JSON-ready object (see `depth eval`).
 
     Args:
@@ -168,22 +199,30 @@ def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: 
         context_tokens: The model's longest context (default: what the model says).
         kv_cache: ``False`` recomputes the context even for a model with a cache.
         meter: ``"auto"``, a meter name, or an `EnergyMeter` (closed when done).
+        warn: Gets each warning line: a model that cannot be tied to `attach_to`'s record
+            (said before measuring), a previous eval the result replaces.
+        on_start: Gets the heading's facts before measuring (see `measure_result`).
     """
+    from depth.serving.attach import tie_warning
     from depth.serving.models import ModelRequest, load_model
 
     loaded = load_model(ModelRequest(source, model_class, tracking_uri, trust,
                                      find_in_mlflow=log and attach_to is None))
     target = _target_of(loaded, source, attach_to, tracking_uri, log, trust)  # before measuring
+    tie = attach_to and tie_warning(target, loaded.record, count_parameters(loaded.module))
+    if tie:
+        warn(tie)
     loss = held_out_loss(loaded.module, loaded.recipe, loss_batches)
     result = measure_result(loaded.module, config, device, meter, vocab_size=loaded.vocab_size,
                             hardware=hardware, temperature_k=temperature_k, loss_nats=loss,
                             flops_per_token=loaded.flops_per_token,
                             context_tokens=context_tokens, kv_cache=kv_cache,
-                            progress=progress)
-    result["model"] = source
-    result["model_class"] = model_class
-    result["loader"] = loaded.loader
-    return attach(result, target, log)
+                            progress=progress, on_start=on_start,
+                            loss_note=loss_note(loaded.loader == "depth-recipe",
+                                                loaded.recipe, loss_batches))
+    result.update(model=source, model_class=model_class, loader=loaded.loader,
+                  warnings=[tie] if tie else [])
+    return attach(result, target, log, warn)
 
 
 def inference_j_per_token(source: str, tracking_uri: str | None = None

@@ -146,12 +146,27 @@ def load_hf(source: str, trust: bool = False) -> HFCausalLM:
         model = transformers.AutoModelForCausalLM.from_pretrained(
             name, trust_remote_code=trust)
     except (OSError, ValueError, KeyError) as err:
+        from_hub = source.startswith(HUB_PREFIX) and not Path(name).is_dir()
+        if from_hub and isinstance(err, OSError) and _offline():
+            raise ValueError(f"{source}: HF_HUB_OFFLINE is set and {name} is not in the "
+                             "local Hugging Face cache: give a local directory with "
+                             "config.json instead (one that save_pretrained or `depth export` "
+                             "wrote), or fetch it once while online") from None
         text = " ".join(str(err).split())[:200]
-        hint = ("; offline, give a local directory with config.json" if
-                source.startswith(HUB_PREFIX) and not Path(name).is_dir() else "")
+        hint = "; offline, give a local directory with config.json" if from_hub else ""
         raise ValueError(f"{source}: cannot load it as a causal language model "
                          f"({type(err).__name__}: {text}){hint}") from None
     return HFCausalLM(model)
+
+
+def _offline() -> bool:
+    """Whether the Hugging Face hub is switched off (``HF_HUB_OFFLINE``), as
+    huggingface_hub read it when imported."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return False
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def hf_record(source: str) -> dict[str, Any] | None:

@@ -70,21 +70,31 @@ def _physics_rows(result: Mapping[str, Any]) -> list[str]:
                     f"(held-out loss {phys['held_out_loss_nats']:.3f} nats), bound "
                     f"{phys['landauer_j_per_token']:.3g} J/token; measured is "
                     f"{phys['landauer_ratio']:.3g} times that")
+    elif phys.get("held_out_loss_nats") is None:
+        rows.append(f"  loss: {phys.get('loss') or 'not measured'} (so no Landauer bound)")
     return rows
 
 
-def format_eval(result: Mapping[str, Any]) -> str:
-    """The table `depth eval` prints for `result` (a result not yet attached to a source
-    has no break-even line)."""
-    measured = "measured" if result["measured"] else "ESTIMATED: no sensor"
-    rows = [f"depth eval: {result.get('source') or result.get('model') or 'model'}  "
-            f"({result['device']}, {result['dtype']}, {result['method']}, {measured})"]
-    if result.get("uncertainty"):
-        rows.append(f"  uncertainty +/-{result['uncertainty']['relative']:.0%} on every energy "
+def eval_heading(facts: Mapping[str, Any]) -> str:
+    """The table's heading: what is measured, on what, with which meter. `facts` is a
+    result, or what `measure_result` hands ``on_start`` before measuring (with ``source``
+    and ``model``), so that the CLI prints the heading before the progress lines."""
+    measured = "measured" if facts["measured"] else "ESTIMATED: no sensor"
+    rows = [f"depth eval: {facts.get('source') or facts.get('model') or 'model'}  "
+            f"({facts['device']}, {facts['dtype']}, {facts['method']}, {measured})"]
+    if facts.get("uncertainty"):
+        rows.append(f"  uncertainty +/-{facts['uncertainty']['relative']:.0%} on every energy "
                     "figure (assumed for the method, not measured here)")
-    if (result.get("energy_basis") or {}).get("attribution") == "process":
+    if (facts.get("energy_basis") or {}).get("attribution") == "process":
         rows.append("  CPU joules: this process's CPU time x TDP share (other processes' work "
                     "is not billed; idle power is not included)")
+    return "\n".join(rows)
+
+
+def format_eval(result: Mapping[str, Any], heading: bool = True) -> str:
+    """The table `depth eval` prints for `result` (a result not yet attached to a source
+    has no break-even line); without the `heading` when it was printed already."""
+    rows = [eval_heading(result)] if heading else []
     rows.append(generation_line(result))
     if result["idle_w"] is not None:
         rows.append(f"  idle power {result['idle_w']:.1f} W")

@@ -125,6 +125,12 @@ def read_provenance(source: str | Path, tracking_uri: str | None = None,
     if not is_mlflow_source(text) and (exported := exported_record(text)) is not None:
         return Provenance.from_dict(exported)
     if not is_mlflow_source(text):
+        if (Path(text) / "config.json").is_file():  # a Hugging Face folder, not from export
+            raise ValueError(
+                f"{text} is a model folder with no {EXPORTED_RECORD} (no training record): "
+                f"name the trained model instead (`depth eval {text} --source CKPT` keeps the "
+                f"figures on CKPT), or make the folder with `depth export CKPT --format hf "
+                f"OUT`, which writes {EXPORTED_RECORD} beside the weights")
         return provenance_from_checkpoint(text, trust)
     from mlflow.artifacts import download_artifacts
 

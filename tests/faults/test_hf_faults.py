@@ -100,3 +100,26 @@ def test_eval_of_a_folder_with_a_damaged_record_or_config(checkpoint, tmp_path, 
     assert status == 2 and "cannot load it as a causal language model" in one_line(err)
     status, _, err = run_cli(capsys, "eval", "hf:", "--no-log", "--idle-s", "0")
     assert status == 2 and "hf: needs a model id or directory" in one_line(err)
+
+
+def test_a_hub_id_while_offline_names_the_local_directory_fix(tmp_path):
+    """`hf:NAME` with HF_HUB_OFFLINE=1 and nothing cached: one line that names the fix (a
+    local directory), not transformers' connection advice cut off mid-URL. A process of its
+    own: huggingface_hub reads HF_HUB_OFFLINE once, when it is imported."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"),
+           "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-m", "depth.cli", "eval", "hf:nobody/tiny-gpt",
+                           "--no-log", "--idle-s", "0"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    err = one_line(done.stderr)
+    assert done.returncode == 2 and done.stdout == ""
+    assert err == ("depth eval: hf:nobody/tiny-gpt: HF_HUB_OFFLINE is set and "
+                   "nobody/tiny-gpt is not in the local Hugging Face cache: give a local "
+                   "directory with config.json instead (one that save_pretrained or `depth "
+                   "export` wrote), or fetch it once while online")
