@@ -25,6 +25,7 @@ from depth.cli.records import (
     run_provenance,
     run_verify,
 )
+from depth.cli.registry import declare_register, run_register
 from depth.cli.serving import (
     declare_amortize,
     declare_eval,
@@ -57,6 +58,9 @@ COMMANDS: dict[str, Command] = {
                         declare_amortize, run_amortize),
     "report": Command("Compare every model of an experiment: one table, three plots.",
                       declare_report, run_report),
+    "register": Command("Register a model (checkpoint, runs:/, models:/, m-) as a version "
+                        "linked to its LoggedModel, with its depth tags and summary.",
+                        declare_register, run_register),
     "export": Command("Write a depth GPT checkpoint as a transformers GPT-2 folder "
                       "(--format hf) with its model card and record.",
                       declare_export, run_export),
