@@ -26,6 +26,7 @@ from depth.cli.records import (
     run_verify,
 )
 from depth.cli.search import declare_attribute, run_attribute
+from depth.cli.registry import declare_register, run_register
 from depth.cli.serving import (
     declare_amortize,
     declare_eval,
@@ -61,6 +62,9 @@ COMMANDS: dict[str, Command] = {
     "attribute": Command("Keep the energy of an experiment's whole search (every run) on "
                          "the model it arrived at, as search_joules.", declare_attribute,
                          run_attribute),
+    "register": Command("Register a model (checkpoint, runs:/, models:/, m-) as a version "
+                        "linked to its LoggedModel, with its depth tags and summary.",
+                        declare_register, run_register),
     "export": Command("Write a depth GPT checkpoint as a transformers GPT-2 folder "
                       "(--format hf) with its model card and record.",
                       declare_export, run_export),

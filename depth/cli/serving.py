@@ -275,5 +275,6 @@ def run_report(args: Namespace) -> int:
         print(line)
     print("\nwritten: " + ", ".join(str(p) for p in report.files))
     if report.run_id:
-        print(f"logged to run {report.run_id} (artifacts depth-report/)")
+        print(f"logged to run {report.run_id}, the experiment's one depth-report run "
+              "(artifacts depth-report/, replaced by each report)")
     return 0

@@ -200,7 +200,7 @@ def attach(result: dict[str, Any], target: Target, log: bool = True,
             result.setdefault("warnings", []).append(replaced)
             warn(replaced)
     if log and target.model_id and target.tracking_uri:
-        log_inference_metrics(target.tracking_uri, target.model_id, result)
+        log_inference_metrics(target.tracking_uri, target.model_id, result, record)
         result["logged_model"] = target.model_id
     return result
 
@@ -250,9 +250,11 @@ def _text(value: Any) -> str:
     return "unknown" if value is None else str(value).lower()
 
 
-def log_inference_metrics(tracking_uri: str, model_id: str, result: Mapping[str, Any]) -> None:
+def log_inference_metrics(tracking_uri: str, model_id: str, result: Mapping[str, Any],
+                          record: Mapping[str, Any] | None = None) -> None:
     """``inference/*`` metrics on the LoggedModel: the best batch's tokens/Wh and J/token,
-    and per batch size (the metric's step is the batch size)."""
+    and per batch size (the metric's step is the batch size). With the model's `record`,
+    its page's summary is written again with the new figures (tokens/Wh, break-even)."""
     metrics = [("inference/tokens_per_wh", result["tokens_per_wh"], 0),
                ("inference/joules_per_token", result["joules_per_token"], 0),
                ("inference/best_batch_size", result["best_batch_size"], 0)]
@@ -279,3 +281,9 @@ def log_inference_metrics(tracking_uri: str, model_id: str, result: Mapping[str,
         "depth.inference_model": str(result.get("model") or result["source"]),
         "depth.inference_unstable_batches": ",".join(map(str, result["unstable_batches"]))
         or "none"})
+    if record is not None:
+        from mlflow import MlflowClient
+
+        from depth.tracking.pages import describe_model
+
+        describe_model(MlflowClient(tracking_uri), model_id, record)

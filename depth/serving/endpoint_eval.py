@@ -218,7 +218,8 @@ def evaluate_endpoint(endpoint: str, model_name: str, config: EndpointConfig,
         result["warnings"].append(replaced)
         warn(replaced)
     if model_id and uri:
-        log_inference_metrics(uri, model_id, result)
+        log_inference_metrics(uri, model_id, result,
+                              None if record is None else record.to_dict())
         from mlflow import MlflowClient
 
         MlflowClient(uri).set_logged_model_tags(model_id, {

@@ -326,6 +326,10 @@ def amortize_source(source: str, served_tokens: float | None, tokens_per_day: fl
         if model_id:
             from mlflow import MlflowClient
 
-            MlflowClient(uri).set_logged_model_tags(model_id, amortize_tags(result))
+            from depth.tracking.pages import describe_model
+
+            client = MlflowClient(uri)
+            client.set_logged_model_tags(model_id, amortize_tags(result))
+            describe_model(client, model_id, record.to_dict())  # the page shows the scenario
             result["logged_model"] = model_id
     return result

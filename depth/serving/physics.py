@@ -17,11 +17,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+# GPT-3's ~1,287 MWh for 175B parameters (~26.5 J/param) live beside the record's summary
+from depth.record.summary import (  # noqa: F401 (re-exported)
+    GPT3_J_PER_PARAMETER,
+    GPT3_PARAMETERS,
+    GPT3_TRAIN_WH,
+)
+
 BOLTZMANN_J_PER_K = 1.380649e-23  # exact (SI 2019)
 J_PER_WH = 3600.0
-GPT3_TRAIN_WH = 1_287e6  # 1,287 MWh (Patterson et al. 2021)
-GPT3_PARAMETERS = 175e9
-GPT3_J_PER_PARAMETER = GPT3_TRAIN_WH * J_PER_WH / GPT3_PARAMETERS  # ~26.5 J/param
 
 
 def landauer_j_per_bit(temperature_k: float = 300.0) -> float:

@@ -2,8 +2,8 @@
 
 Rows are each run's latest checkpoint LoggedModel (``all_checkpoints``: every one), with
 its depth record and whatever `depth eval` / `depth amortize` logged on it. The plots
-(matplotlib, Agg) are written to a folder and logged as artifacts of a ``depth-report``
-run in the same experiment:
+(matplotlib, Agg) are written to a folder and logged as artifacts of the experiment's one
+``depth-report`` run, which each report updates (never a run per call):
 
 - ``cumulative_joules.png``: ``energy/joules`` against optimizer step, one line per run;
 - ``tokens_per_wh_by_batch.png``: inference tokens/Wh against batch size, per model;
@@ -230,15 +230,47 @@ def make_report(experiment: str, tracking_uri: str, out_dir: Path,
     report = Report(rows=[row for row, _ in pairs], files=files, search=energy.summary(),
                     search_lines=report_lines(energy))
     if log:
-        run = client.create_run(found.experiment_id, run_name="depth-report",
-                                tags={"depth.report": "true"})
-        with tempfile.TemporaryDirectory() as tmp:
-            for path in files:
-                (Path(tmp) / path.name).write_bytes(path.read_bytes())
-            client.log_artifacts(run.info.run_id, tmp, "depth-report")
-        client.set_terminated(run.info.run_id)
-        report.run_id = run.info.run_id
+        report.run_id = log_report(client, found.experiment_id, report)
     return report
+
+
+REPORT_TAG = "depth.report"
+
+
+def report_run(client: Any, experiment_id: str) -> str:
+    """The experiment's one ``depth-report`` run (tagged ``depth.report``): the newest
+    active one if there is any, else a new one. Reports replace their figures there
+    rather than adding a run per call."""
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{REPORT_TAG}` = 'true'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    if found:
+        return found[0].info.run_id
+    return client.create_run(experiment_id, run_name="depth-report",
+                             tags={REPORT_TAG: "true"}).info.run_id
+
+
+def log_report(client: Any, experiment_id: str, report: Report) -> str:
+    """Writes `report` to the experiment's report run: its files replace the previous
+    report's under ``depth-report/`` (same names), and its metrics' latest values are this
+    report's. Returns the run's id."""
+    import time
+
+    from mlflow.entities import Metric
+
+    run_id = report_run(client, experiment_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in report.files:
+            (Path(tmp) / path.name).write_bytes(path.read_bytes())
+        client.log_artifacts(run_id, tmp, "depth-report")
+    now_ms = int(time.time() * 1000)
+    kept = [r["depth_joules"] for r in report.rows if r.get("depth_joules") is not None]
+    step = len(client.get_metric_history(run_id, "report/models"))  # one step per report
+    client.log_batch(run_id, metrics=[
+        Metric("report/models", float(len(report.rows)), now_ms, step),
+        Metric("report/kept_depth_joules", float(sum(kept)), now_ms, step)])
+    client.set_tag(run_id, "depth.report_updated", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    client.set_terminated(run_id)
+    return run_id
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

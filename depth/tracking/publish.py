@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 RUN_ARTIFACT = "depth/provenance.json"
+NOTE = "mlflow.note.content"  # what MLflow shows as a description
 MODEL_ARTIFACT = "depth_provenance.json"
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 TAG_FIELDS = ("train_joules", "train_kwh", "optimizer_steps", "train_tokens", "method",
@@ -48,9 +49,11 @@ def publish_checkpoint(client: Any, run_id: str, record: Mapping[str, Any], step
 
     The run gets the ``depth.*`` tags (the latest checkpoint's) and ``depth/provenance.json``;
     the LoggedModel (source run, ``depth.step``, a run output at `step`) gets the same tags,
-    the record as an artifact, and ``depth.train_joules``/``depth.train_kwh`` as model
-    metrics at `step`. An experiment of no kind yet is marked as model training, so that
-    the MLflow 3 UI shows its models view rather than the GenAI one.
+    ``depth.*`` parameters (`depth.record.summary.model_params`), the record as an
+    artifact, ``depth.train_joules``/``depth.train_kwh`` as model metrics at `step`, and a
+    markdown summary as its description (and its run's, `depth.tracking.pages`). An
+    experiment of no kind yet is marked as model training, so that the MLflow 3 UI shows
+    its models view rather than the GenAI one.
     """
     from mlflow.entities import LoggedModelOutput, Metric, RunTag
 
@@ -62,12 +65,17 @@ def publish_checkpoint(client: Any, run_id: str, record: Mapping[str, Any], step
     text = json.dumps(record, indent=2, sort_keys=True)
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     client.log_text(run_id, text, RUN_ARTIFACT)
+    from depth.record.summary import model_params
+    from depth.tracking.pages import describe_model
+
     existing = find_model(client, [run.info.experiment_id], record.get("record_sha256"))
     if existing is not None:  # published before (a retry or a replay): never twice
+        describe_model(client, existing, record)  # the retry may follow a failed write
         return existing
     model = client.create_logged_model(
         run.info.experiment_id, name=name or f"{run.info.run_name or 'model'}-step-{step}",
-        source_run_id=run_id, tags={**tags, "depth.step": str(step)})
+        source_run_id=run_id, tags={**tags, "depth.step": str(step)},
+        params=model_params(record))
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / MODEL_ARTIFACT).write_text(text)
         client.log_model_artifacts(model.model_id, tmp)
@@ -79,6 +87,7 @@ def publish_checkpoint(client: Any, run_id: str, record: Mapping[str, Any], step
             Metric("depth.train_kwh", float(record["train_joules"]) / 3.6e6, now_ms, step,
                    model_id=model.model_id)])
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+    describe_model(client, model.model_id, record)
     client.finalize_logged_model(model.model_id, "READY")
     return model.model_id
 
@@ -156,12 +165,13 @@ def register_model(model: str, name: str, client: Any = None) -> Any:
     ``depth.*`` tags copied onto the new version, linked both ways as
     ``mlflow.register_model`` links them: the version's source is ``models:/<id>`` (and its
     ``depth.model_id`` tag the id), and the LoggedModel's ``mlflow.modelVersions`` tag lists
-    the version. Returns the ``ModelVersion``.
+    the version. The version's description is the LoggedModel's (depth's summary, which
+    `depth.tracking.pages` keeps current). Returns the ``ModelVersion``.
 
     MLflow's local registry resolves a ``models:/`` source through the *global* tracking
     URI, not the client's; it is pointed at the client's store for the call. (Its SQL
-    registry does not keep ``ModelVersion.model_id``: that field reads ``None`` even after
-    ``mlflow.register_model``, hence the tag.)
+    registry does not keep ``ModelVersion.model_id``, as of MLflow 3.17: that field reads
+    ``None`` even after ``mlflow.register_model``, hence the tag and the source.)
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -180,7 +190,8 @@ def register_model(model: str, name: str, client: Any = None) -> Any:
     with _use_tracking_uri(client.tracking_uri):
         version = client.create_model_version(name, source=f"models:/{model_id}",
                                               run_id=logged.source_run_id, tags=tags,
-                                              model_id=model_id)
+                                              model_id=model_id,
+                                              description=logged.tags.get(NOTE))
     link_version(client, model_id, version.name, version.version)
     return version
 

@@ -49,6 +49,27 @@ def reader_client(tracking_uri: str | None = None) -> tuple[Any, str]:
     return MlflowClient(uri), uri
 
 
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+@contextmanager
+def quiet_download() -> Iterator[None]:
+    """MLflow's "Downloading artifacts" progress bar off while depth fetches a record or a
+    checkpoint: a command's output is its own lines (MLflow reads the variable at each
+    download; the caller's value is restored after)."""
+    import os
+
+    previous = os.environ.get(PROGRESS_BAR_ENV)
+    os.environ[PROGRESS_BAR_ENV] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PROGRESS_BAR_ENV, None)
+        else:
+            os.environ[PROGRESS_BAR_ENV] = previous
+
+
 @contextmanager
 def reading(source: str) -> Iterator[None]:
     """Turns what MLflow raises while reading `source` into one ``ValueError`` line naming
@@ -144,7 +165,7 @@ def read_provenance(source: str | Path, tracking_uri: str | None = None,
         else:
             model_id = logged_model_id(client, text)
             uri = f"{client.get_logged_model(model_id).artifact_location}/{MODEL_ARTIFACT}"
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, quiet_download():
             path = download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri)
             data = json.loads(Path(path).read_text())
     return Provenance.from_dict(data)
@@ -234,7 +255,7 @@ def checkpoint_of(source: str, tracking_uri: str | None = None, trust: bool = Fa
             raise ValueError(f"{source} ({model_id}) has no checkpoint file: train with "
                              "DepthCallback(log_checkpoints=True), or pass the checkpoint path")
         with tempfile.TemporaryDirectory(prefix="depth-eval-") as tmp:  # loaded, then gone
-            with reading(source):
+            with reading(source), quiet_download():
                 path = Path(download_artifacts(
                     artifact_uri=f"{model.artifact_location}/{files[0]}", dst_path=tmp,
                     tracking_uri=uri))
