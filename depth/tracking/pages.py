@@ -21,7 +21,6 @@ from depth.record.summary import summary_markdown
 NOTE = "mlflow.note.content"
 NOTE_SHA = "depth.note_sha256"
 MODEL_VERSIONS = "mlflow.modelVersions"
-SEARCH_JOULES_TAG = "depth.search_joules"  # HOOK: issue 15 point 5 (`depth attribute`)
 
 
 def note_sha256(text: str) -> str:
@@ -68,21 +67,13 @@ def amortization_figures(tags: Mapping[str, str]) -> dict[str, Any] | None:
 
 
 def model_extra_lines(model: Any) -> dict[str, str]:
-    """HOOK: figures kept on the LoggedModel beside its training energy, shown in the
-    summary each time it is written (so that a later eval does not drop them). Today: the
-    energy of the search that led to the model, when a ``depth.search_joules`` tag holds
-    it (issue 15 point 5 records it; its own command may pass richer lines instead)."""
-    value = model.tags.get(SEARCH_JOULES_TAG)
-    try:
-        joules = float(value) if value is not None else None
-    except ValueError:
-        joules = None
-    if joules is None:
-        return {}
-    from depth.record.summary import energy_text
+    """Figures kept on the LoggedModel beside its training energy, shown in the summary
+    each time it is written (so that a later eval does not drop them): the energy of the
+    search that led to the model (``depth attribute``: `depth.record.search`)."""
+    from depth.record.search import search_from_tags, search_lines
 
-    return {"Search energy": f"{energy_text(joules)} spent on the experiments that led to "
-                             "this model (kept apart: not in the training energy)"}
+    lines = search_lines(search_from_tags(model.tags))
+    return dict(line.split(": ", 1) for line in lines if ": " in line)
 
 
 def describe_model(client: Any, model_id: str, record: Mapping[str, Any],
@@ -93,7 +84,7 @@ def describe_model(client: Any, model_id: str, record: Mapping[str, Any],
     each only where depth owns the description. Returns the summary.
 
     Args:
-        extra_lines: HOOK: further ``label: text`` bullets (added to `model_extra_lines`).
+        extra_lines: Further ``label: text`` bullets (added to `model_extra_lines`).
     """
     model = client.get_logged_model(model_id)
     text = summary_markdown(record, inference_figures(model), amortization_figures(model.tags),

@@ -156,6 +156,9 @@ def test_attribute_keeps_search_joules_apart_and_shows_it_everywhere(sweep, caps
     assert model.model_id == sweep["kept_model"]
     assert float(model.tags["depth.search_joules"]) == pytest.approx(total, rel=1e-5)
     assert float(model.tags["depth.train_joules"]) == pytest.approx(record["train_joules"])
+    # the LoggedModel's page (its description) says it, apart from the training energy
+    assert "Search energy" in model.tags["mlflow.note.content"]
+    assert "Beyond this model's own training" in model.tags["mlflow.note.content"]
     # card, provenance (the file and the LoggedModel) and the report show it
     status, card, err = cli(capsys, "card", ckpt)
     assert status == 0, err
