@@ -15,6 +15,7 @@ import contextlib
 import html
 import io
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -116,16 +117,30 @@ def chromium_page(width: int = 1600, height: int = 1100) -> Iterator[Any]:
             browser.close()
 
 
-def open_page(page: Any, url: str, ready_text: str, timeout_s: float = 60.0) -> None:
-    """Loads `url` and waits until `ready_text` is shown.
+# MLflow's design system draws a placeholder ("skeleton") where data is still loading.
+_NOTHING_LOADING = "() => !document.querySelector('[class*=\"skeleton\" i]')"
+# A LoggedModel page draws its attributes first and its metrics table (which waits for the
+# source run) a moment later, under "Metrics (0)": depth always logs metrics on a model.
+LOGGED_MODEL_METRICS = re.compile(r"Metrics \([1-9]\d*\)")
 
-    Pick a text that arrives with the data the page is about: a LoggedModel page draws its
-    attributes, description, metrics and parameters from one response, so its model ID is
-    shown together with them. (Waiting for the network to go idle does not work: MLflow's
-    UI keeps polling.)
+
+def open_page(page: Any, url: str, *ready: str | re.Pattern[str],
+              timeout_s: float = 60.0) -> None:
+    """Loads `url` and waits until every `ready` text is shown and nothing is loading.
+
+    Pick texts that arrive with the data the test reads: e.g. a model's ID and
+    ``LOGGED_MODEL_METRICS`` on its page. (Waiting for the network to go idle does not
+    work: MLflow's UI keeps polling.)
     """
     page.goto(url)
-    page.get_by_text(ready_text, exact=False).first.wait_for(timeout=timeout_s * 1000)
+    wait_ready(page, *ready, timeout_s=timeout_s)
+
+
+def wait_ready(page: Any, *ready: str | re.Pattern[str], timeout_s: float = 60.0) -> None:
+    """Waits until every `ready` text is shown and nothing is loading (see `open_page`)."""
+    for text in ready:
+        page.get_by_text(text).first.wait_for(timeout=timeout_s * 1000)
+    page.wait_for_function(_NOTHING_LOADING, timeout=timeout_s * 1000)
 
 
 def close_assistant(page: Any) -> None:
@@ -187,14 +202,27 @@ def grid_columns(page: Any) -> dict[str, list[str]]:
     return {found[col]: [cells.get((col, row), "") for row in rows] for col in found}
 
 
-def scroll_grid_to(page: Any, header: str) -> None:
-    """Scrolls the grid sideways so that the column named `header` is the first one after
-    the pinned columns (for a screenshot of the energy columns)."""
-    page.evaluate("""(header) => {
-        const cells = [...document.querySelectorAll('.ag-header-viewport .ag-header-cell')];
-        const cell = cells.find(e => e.innerText.trim() === header);
+def scroll_grid_to(page: Any, pattern: str) -> str | None:
+    """Scrolls the grid sideways until the first column whose header matches `pattern` (a
+    JavaScript regular expression, case-insensitive) is the first one after the pinned
+    columns; returns that header, or None where no column matches."""
+    return page.evaluate("""async (pattern) => {
+        const match = new RegExp(pattern, 'i');
         const bar = document.querySelector('.ag-body-horizontal-scroll-viewport');
-        if (!cell || !bar) return;
-        bar.scrollLeft = cell.offsetLeft;
-        bar.dispatchEvent(new Event('scroll')); }""", header)
-    _drawn(page)
+        const frame = () => new Promise(r => requestAnimationFrame(() =>
+            requestAnimationFrame(r)));
+        for (let last = -1; bar && bar.scrollLeft > last; ) {
+            const cell = [...document.querySelectorAll('.ag-header-viewport .ag-header-cell')]
+                .find(e => match.test(e.innerText.trim()));
+            if (cell) {
+                bar.scrollLeft = parseFloat(cell.style.left) || cell.offsetLeft;
+                bar.dispatchEvent(new Event('scroll'));
+                await frame();
+                return cell.innerText.trim();
+            }
+            last = bar.scrollLeft;
+            bar.scrollLeft = last + Math.max(100, bar.clientWidth / 2);
+            bar.dispatchEvent(new Event('scroll'));
+            await frame();
+        }
+        return null; }""", pattern)

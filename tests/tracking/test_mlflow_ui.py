@@ -14,7 +14,7 @@ import re
 import pytest
 
 from tests.support.mlflow_ui import (
-    chromium_path, chromium_page, fill_store, grid_columns, open_page)
+    LOGGED_MODEL_METRICS, chromium_page, chromium_path, fill_store, grid_columns, open_page)
 from tests.support.mlflow_server import mlflow_server
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,8 @@ def store(tmp_path_factory):
         pytest.skip("chromium not found (Debian: apt-get install chromium; .ci/run does)")
     pytest.importorskip("playwright", reason="pip install playwright (the test extra)")
     root = tmp_path_factory.mktemp("mlflow-ui")
-    with mlflow_server(root / "server") as uri:
+    # a busy machine (CI, 2 shared cores) can take minutes to start a server
+    with mlflow_server(root / "server", timeout_s=240) as uri:
         yield fill_store(root, uri)
 
 
@@ -41,7 +42,8 @@ def browser(store):
 @pytest.fixture(scope="module")
 def model_page(store, browser):
     """The LoggedModel page's text, as rendered."""
-    open_page(browser, store.url(f"models/{store.model_id}"), store.model_id)
+    open_page(browser, store.url(f"models/{store.model_id}"), store.model_id,
+              LOGGED_MODEL_METRICS)
     return browser.inner_text("body")
 
 
