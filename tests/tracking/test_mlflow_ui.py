@@ -26,7 +26,6 @@ NUMBER = r"(\d[\d,]*(?:\.\d+)?(?:[eE][+-]?\d+)?)"
 def store(tmp_path_factory):
     if chromium_path() is None:
         pytest.skip("chromium not found (Debian: apt-get install chromium; .ci/run does)")
-    pytest.importorskip("playwright", reason="pip install playwright (the test extra)")
     root = tmp_path_factory.mktemp("mlflow-ui")
     # a busy machine (CI, 2 shared cores) can take minutes to start a server
     with mlflow_server(root / "server", timeout_s=240) as uri:
