@@ -4,6 +4,9 @@ Usage:
     python scripts/bench_hook.py [--steps 2000] [--repeats 7] [--fixed-repeats 5]
                                  [--json OUT.json]
 
+``--fixed-repeats 0`` measures per step only. The ``depth`` imported is this checkout's,
+unless ``PYTHONPATH`` is set (to compare two checkouts' code with one script).
+
 Per step. A model so small that a step is almost all Lightning (one 8x8 linear layer,
 SGD, a batch of 8 on one torch thread, no logger, no progress bar, no checkpointing) is
 trained for ``--steps`` optimizer steps under three arms, alternated in a rotating order
@@ -49,7 +52,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if not os.environ.get("PYTHONPATH"):  # else the code named there (side-by-side runs)
+    sys.path.insert(0, str(ROOT))
 
 
 class ConstantPowerMeter:
@@ -244,10 +248,11 @@ def main() -> None:
         return
     result = {"date": date.today().isoformat(), "machine": platform.platform(),
               "cpu_count": os.cpu_count(), "python": platform.python_version(),
-              "per_step": per_step(args.steps, args.repeats),
-              "fixed": fixed_cost(args.fixed_repeats),
-              "fixed_warm": fixed_cost_warm(args.fixed_repeats)}
-    p, f = result["per_step"], result["fixed"]
+              "per_step": per_step(args.steps, args.repeats)}
+    if args.fixed_repeats > 0:
+        result.update(fixed=fixed_cost(args.fixed_repeats),
+                      fixed_warm=fixed_cost_warm(args.fixed_repeats))
+    p = result["per_step"]
     print(f"per step ({p['steps']} steps, {p['repeats']} alternated runs per arm, medians):")
     print(f"  in depth's hooks: mean {p['hook_us']['mean']:.1f} µs, "
           f"median {p['hook_us']['median']:.1f} µs, "
@@ -257,6 +262,14 @@ def main() -> None:
     print(f"  depth over bare : {p['depth_over_bare_us']:.1f} µs/step")
     print(f"  depth over empty: {p['depth_over_empty_us']:.1f} µs/step "
           f"(empty over bare: {p['empty_over_bare_us']:.1f} µs/step)")
+    if args.fixed_repeats > 0:
+        print_fixed(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+def print_fixed(result: dict[str, Any]) -> None:
+    f = result["fixed"]
     print(f"fixed cost per fit ({f['repeats']} fresh processes per arm, medians of the "
           "whole trainer.fit of 5 steps and one checkpoint):")
     print("  " + ", ".join(f"{arm} {s:.3f} s" for arm, s in f["median_s"].items()))
@@ -270,8 +283,6 @@ def main() -> None:
     print(f"  depth with its own run over bare: {w['fixed_cost_s']:.3f} s "
           f"(tracking off over bare: {w['depth_off_s']:.3f} s; own run over off: "
           f"{w['tracking_s']:.3f} s)")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -84,11 +84,14 @@ class BridgingReader:
         self._clock = clock
         self._window_s = power_window_s
         self._max_w = {d: max_power_w(d, limits_w or {}) for d in self.devices}
+        # An increase up to max_w x MIN_JUMP_WINDOW_S is never a jump: one comparison decides
+        # most reads (the same bound as max_w x max(gap, MIN_JUMP_WINDOW_S), split in two).
+        self._jump_floor_j = {d: w * MIN_JUMP_WINDOW_S for d, w in self._max_w.items()}
         self._lock = threading.Lock()
         self._value: dict[str, float] = {}
-        self._raw: dict[str, tuple[float, float]] = {}  # last valid raw reading: (t_s, raw)
+        # The last valid reading: (t_s, raw joules, reported joules then).
+        self._last: dict[str, tuple[float, float, float]] = {}
         self._offset: dict[str, float] = {}  # reported = raw + offset
-        self._last_good: dict[str, tuple[float, float]] = {}
         self._ref: dict[str, tuple[float, float]] = {}  # for the power estimate
         self._started = clock()
         self.power_w: dict[str, float] = {}
@@ -114,7 +117,7 @@ class BridgingReader:
     @property
     def unmeasured(self) -> list[str]:
         """The devices that have not yet given one valid reading."""
-        return [d for d in self.devices if d not in self._raw]
+        return [d for d in self.devices if d not in self._last]
 
     def read(self) -> tuple[float, dict[str, float]]:
         """(monotonic time, cumulative joules per device) — measured, or bridged."""
@@ -129,8 +132,24 @@ class BridgingReader:
                 raw = {}
                 failed = {d: f"{type(err).__name__}: {err}" for d in self.devices}
             t_s = self._clock()
+            last_of, values, refs = self._last, self._value, self._ref
             for device in self.devices:
                 value = raw.get(device)
+                last = last_of.get(device)
+                # The common path, inlined (every device, every step): a float, measured
+                # before, not failing, not below its last value, not a jump, as in `_good`.
+                if type(value) is float and last is not None and not self.failing:
+                    increase_j = value - last[1]
+                    if (0.0 <= value < math.inf and increase_j >= 0.0
+                            and (increase_j <= self._jump_floor_j[device]
+                                 or increase_j <= self._max_w[device] * (t_s - last[0]))):
+                        energy_j = values[device] = value + self._offset[device]
+                        last_of[device] = (t_s, value, energy_j)
+                        ref = refs[device]
+                        if t_s - ref[0] >= self._window_s:
+                            self.power_w[device] = (energy_j - ref[1]) / (t_s - ref[0])
+                            refs[device] = (t_s, energy_j)
+                        continue
                 try:
                     energy_j = float(value)  # type: ignore[arg-type]
                 except (TypeError, ValueError):
@@ -144,8 +163,9 @@ class BridgingReader:
             return t_s, dict(self._value)
 
     def _good(self, device: str, t_s: float, raw_j: float) -> None:
-        # Called for every device at every step: a few dict operations on the common path.
-        last = self._raw.get(device)
+        """A valid reading: checked for a reset or a jump, then counted (`read` inlines the
+        common case: keep the two in step)."""
+        last = self._last.get(device)
         if last is None:
             self._first(device, t_s, raw_j)
         else:
@@ -161,9 +181,8 @@ class BridgingReader:
                 self._recover(device, t_s, raw_j)
             else:
                 self._value[device] = raw_j + self._offset[device]
-        self._raw[device] = (t_s, raw_j)
         value = self._value[device]
-        self._last_good[device] = (t_s, value)
+        self._last[device] = (t_s, raw_j, value)
         ref = self._ref.get(device)
         if ref is None:
             self._ref[device] = (t_s, value)
@@ -209,8 +228,8 @@ class BridgingReader:
     def _last_power_w(self, device: str) -> float:
         power = self.power_w.get(device)
         if power is None:  # no full window yet: the power since the first good read
-            ref, last = self._ref.get(device), self._last_good.get(device)
-            power = ((last[1] - ref[1]) / (last[0] - ref[0])
+            ref, last = self._ref.get(device), self._last.get(device)
+            power = ((last[2] - ref[1]) / (last[0] - ref[0])
                      if ref and last and last[0] > ref[0] else 0.0)
             self.power_w[device] = power
         return power
@@ -218,13 +237,13 @@ class BridgingReader:
     def _bridged_value(self, device: str, t_s: float) -> float:
         """Last good value plus last power x the time since it (never below the value)."""
         power = self._last_power_w(device)
-        last_t, last_e = self._last_good.get(device, (t_s, self._value.get(device, 0.0)))
+        last_t, _, last_e = self._last.get(device, (t_s, 0.0, self._value.get(device, 0.0)))
         return max(self._value.get(device, 0.0), last_e + power * max(t_s - last_t, 0.0))
 
     def _bridge(self, device: str, t_s: float, reason: str) -> None:
         if device not in self.failing:
             self.failing[device] = reason
-            if device in self._raw:
+            if device in self._last:
                 message = (f"{device}: meter read failed ({reason}); bridging with its last "
                            f"power {self._last_power_w(device):.1f} W x gap time (an estimate)")
             else:

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
+from functools import cache
 from typing import Any
 
 TOKEN_KEYS = ("input_ids", "tokens", "idx", "x")
 
 
-def _token_tensor(value: Any) -> bool:
-    import torch  # cheap after the first call; keeps this module importable without torch
+@cache
+def _torch() -> Any:
+    import torch  # here, so that this module imports without torch
 
+    return torch
+
+
+def _token_tensor(value: Any) -> bool:
+    torch = _torch()  # an import statement at every batch costs more than this call
     return (isinstance(value, torch.Tensor) and value.dim() == 2
             and not value.is_floating_point() and not value.is_complex()
             and value.dtype != torch.bool)
@@ -27,7 +34,9 @@ def infer_tokens(batch: Any) -> int | None:
     """
     if _token_tensor(batch):
         return int(batch.numel())
-    if isinstance(batch, Mapping):
+    if type(batch) in (list, tuple):  # the common batch, before the slower ABC check
+        values = batch
+    elif isinstance(batch, Mapping):
         for key in TOKEN_KEYS:
             if _token_tensor(batch.get(key)):
                 return int(batch[key].numel())

@@ -28,6 +28,7 @@ from depth.lightning.progress_bar import show_figures
 from depth.lightning.ranks import Observation, Ranks, meter_for_rank
 from depth.lightning.sidecar import CrashSidecar, recover_wasted_work
 from depth.lightning.sinks import Sinks
+from depth.lightning.steps import step_counter
 from depth.meters import EnergyMeter
 from depth.record.binding import check_resume
 from depth.record.build import build_provenance
@@ -102,6 +103,7 @@ class DepthCallback(Callback):
         self._last_step, self._status = 0, "FINISHED"  # how this fit's own run ends
         self._module: weakref.ref[pl.LightningModule] | None = None  # whose history this is
         self._emitted_s = 0.0  # monotonic time points were last taken from the ledger
+        self._global_step: Callable[[], int] = int  # trainer.global_step, bound at the start
 
     state_key = property(lambda self: "DepthCallback")  # subclasses resume the same state
 
@@ -145,6 +147,7 @@ class DepthCallback(Callback):
                           self.options.sync, methods=ranks.current_methods)
         self._last_step, self._pending_tokens, self._emitted_s = (trainer.global_step, 0,
                                                                   time.monotonic())
+        self._global_step = step_counter(trainer)
         self.fit_progress = FitProgress()
         if trainer.is_global_zero:
             self.sinks.open(trainer)
@@ -155,20 +158,17 @@ class DepthCallback(Callback):
                                          lambda: self._last_step,
                                          self.options.sidecar_interval_s, self._sidecar_failed)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                             batch: Any, batch_idx: int) -> None:
-        if self.files.awaiting:
-            self.files.publish(trainer, self.sinks, _warn)
-
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.files.awaiting:  # files saved at an earlier step (checkpoint callbacks run last)
+            self.files.publish(trainer, self.sinks, _warn)
         ranks, ledger, options = self.ranks, self.ledger, self.options  # hot: locals
         if ranks is None or not ledger.is_open:
             return
         if ledger.tokens_known:  # once unknown, the fit has no token metrics
             tokens, pending = self._count_tokens(batch), self._pending_tokens
             self._pending_tokens = None if tokens is None or pending is None else pending + tokens
-        step = trainer.global_step
+        step = self._global_step()
         if step == self._last_step:
             return  # a gradient-accumulation micro-batch: no optimizer step yet
         self._last_step = step
@@ -179,7 +179,7 @@ class DepthCallback(Callback):
             ranks.synchronize()
         observations, tokens = ranks.observe(self._pending_tokens)
         self._pending_tokens = 0
-        ledger.queue(step, observations, tokens, log=log)
+        ledger.queue(step, observations, tokens, log)
         if observations[0][0] - self._emitted_s >= options.flush_interval_s:
             self._emit(trainer)
 

@@ -108,3 +108,46 @@ def test_repeated_faults_are_counted_not_listed_one_by_one():
     assert all(b >= a for a, b in zip(values, values[1:]))
     assert len(messages) == 3 and len(reader.flags) == 4
     assert reader.flags[-1] == "gpu:0: 20 resets in all"
+
+
+class Checked(float):
+    """A float the reader's inlined common path does not take: it goes through `_good`."""
+
+
+def read_all(script: list[tuple[float, dict[str, object]]], wrap: type) -> str:
+    """Everything a reader reports after reading `script` ((time, reading) per read)."""
+    now = [0.0]
+    it = iter(script)
+
+    def read() -> dict[str, object]:
+        now[0], reading = next(it)
+        return {d: wrap(v) if isinstance(v, float) else v for d, v in reading.items()}
+
+    reader = BridgingReader(read, ["gpu:0", "cpu:0"], clock=lambda: now[0])
+    values = [reader.read() for _ in script]
+    return repr((values, reader.flags, reader.bridged_j, reader.power_w))
+
+
+def test_the_inlined_common_read_counts_and_flags_exactly_as_the_checked_path():
+    # Random readings with resets, jumps, NaN, gaps and failed reads, read once as plain
+    # floats (mostly the inlined path) and once as `Checked` floats (never it): the same
+    # values, flags, bridged joules and power estimates, to the last bit.
+    import random
+
+    rng = random.Random(12)
+    for _ in range(200):
+        t_s, energy_j, script = 0.0, {"gpu:0": 0.0, "cpu:0": 10.0}, []
+        for _ in range(rng.randint(1, 40)):
+            t_s += rng.choice([0.001, 0.2, 0.9, 1.0, 2.5, 0.0])
+            reading: dict[str, object] = {}
+            for device in energy_j:
+                u = rng.random()
+                if u < 0.85:
+                    energy_j[device] += rng.choice([0.0, 0.5, 80.0, 3999.0, 5000.0]) * rng.random()
+                elif u < 0.9:
+                    energy_j[device] = rng.choice([0.0, energy_j[device] / 2])
+                reading[device] = (energy_j[device] if rng.random() < 0.95
+                                   else rng.choice([math.nan, -1.0, None]))
+            script.append((t_s, reading))
+
+        assert read_all(script, float) == read_all(script, Checked)
