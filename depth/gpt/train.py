@@ -230,6 +230,7 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None,
             callback.logged_models.append((trainer.global_step, model_id))
             if depth.log_checkpoints:
                 publish_checkpoint_file(client, run_id, path, record["record_sha256"])
+    callback.wait_for_tracking()  # the summary names a run that has all of it
     tokens = record["segments"][-1].get("tokens") or 0
     val = trainer.callback_metrics.get("val/loss")
     return TrainResult(checkpoint=str(path), record=record, tracking_uri=uri, run_id=run_id,

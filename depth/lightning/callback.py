@@ -107,15 +107,15 @@ class DepthCallback(Callback):
 
     state_key = property(lambda self: "DepthCallback")  # subclasses resume the same state
 
-    @property
-    def own_run(self) -> tuple[str, str] | None:
-        """(tracking URI, run id) of the run this callback opened, if it opened one."""
-        return self.sinks.own_run
+    own_run = property(lambda self: self.sinks.own_run, doc="""(tracking URI, run id) of the
+        run this callback opened, if any (its writer process creates it: this waits).""")
+    logged_models = property(lambda self: self.sinks.logged_models, doc="""(step, MLflow
+        LoggedModel id) of every checkpoint published so far.""")
 
-    @property
-    def logged_models(self) -> list[tuple[int, str]]:
-        """(step, MLflow LoggedModel id) of every checkpoint published so far."""
-        return self.sinks.logged_models
+    def wait_for_tracking(self, timeout_s: float = 120.0) -> bool:
+        """Waits until the run this callback opened has every point, record and its end
+        (its writer finishes after ``fit`` returns); True once it has."""
+        return self.sinks.wait(timeout_s)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":

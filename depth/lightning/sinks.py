@@ -5,6 +5,11 @@ gets a writer off the training thread (`depth.tracking.writer_process` or
 `depth.tracking.writer_thread`); a server that does not answer gets the spool instead, so
 that nothing waits on it. Other Lightning loggers get the points through their own
 ``log_metrics`` (they buffer).
+
+The run depth opens itself is created, written and ended by its writer process, so that
+the training process never imports MLflow for it (~2-3 s): its id is known once that
+process says so (`Sinks.own_run` waits for it), and at the end of a fit the process is
+handed what is left and finishes in the background (`Sinks.wait` waits for it).
 """
 
 from __future__ import annotations
@@ -94,10 +99,30 @@ class Sinks:
 
     def __init__(self, options: CallbackOptions):
         self.options = options
-        self.own_run: tuple[str, str] | None = None  # (tracking URI, run id)
+        self._own: list[Any] = []  # [tracking URI, run id or None, run name]
+        self._own_writers: list[Any] = []  # writer processes of the own run, each fit's
         self.logged_models: list[tuple[int, str]] = []  # (step, MLflow LoggedModel id)
         self._sinks: list[Any] = []
         self._own_spool: Spool | None = None
+
+    @property
+    def own_run(self) -> tuple[str, str] | None:
+        """(tracking URI, run id) of the run depth opened itself, or ``None`` without one.
+
+        Its writer process creates it: this waits (up to 5 minutes) until it has said which
+        run; ``None`` if it could not create it (its events are then in the spool, and
+        `depth sync` creates the run)."""
+        if not self._own:
+            return None
+        if self._own[1] is None and self._own_writers:
+            self._own[1] = self._own_writers[-1].wait_run_id()
+        return (self._own[0], self._own[1]) if self._own[1] else None
+
+    def wait(self, timeout_s: float = 120.0) -> bool:
+        """Waits until the writer processes of finished fits have stored everything and
+        ended the run; True when they have (else what they hold is in the spool)."""
+        deadline = time.monotonic() + timeout_s
+        return all([w.wait(max(0.0, deadline - time.monotonic())) for w in self._own_writers])
 
     def __bool__(self) -> bool:
         return bool(self._sinks)
@@ -122,12 +147,12 @@ class Sinks:
         sinks: list[Any] = [DirectSink(lg) for lg in trainer.loggers if not is_mlflow_logger(lg)]
         targets: list[tuple[str, Any]] = [(tracking_uri_of(lg), lg) for lg in mlflow_loggers]
         if not mlflow_loggers and options.tracking:
-            targets = [(self.own_run[0] if self.own_run else default_tracking_uri(), None)]
+            targets = [(self._own[0] if self._own else default_tracking_uri(), None)]
         down = {uri: why for uri in {u for u, _ in targets} if (why := unreachable(uri))}
         for uri, logger in targets:
             if uri in down:  # nothing waits on the server: everything goes to the spool
                 run_id = (getattr(logger, "_run_id", None) if logger is not None
-                          else self.own_run[1] if self.own_run else None)
+                          else self.own_run[1] if self._own and self.own_run else None)
                 spool = self._spool(trainer, uri, run_id)
                 _warn(f"MLflow tracking server {redact(uri)} is unreachable ({down[uri]}); "
                       f"energy metrics and records are spooled to {spool.directory} (replay "
@@ -135,21 +160,29 @@ class Sinks:
                       "records")
                 sinks.append(SpoolSink(spool))
                 continue
+            remote = uri.startswith(("http://", "https://"))  # fails fast only in a process
+            use_process = options.mlflow_writer == "process" or (
+                options.mlflow_writer == "auto" and (logger is None or remote
+                                                     or self._writer_kind(trainer) == "process"))
             if logger is not None:
                 run_id = logger.run_id
+            elif not self._own:  # one run for every fit of this callback
+                self._own = [uri, None, _run_name()]
+                if not use_process:  # a writer thread here: MLflow is imported here anyway
+                    self._own[1] = open_run(options.experiment_name, self._own[2], uri)[1]
+                run_id = self._own[1]
             else:
-                if self.own_run is None:  # one run for every fit of this callback
-                    self.own_run = open_run(options.experiment_name, run_name=_run_name(),
-                                            tracking_uri=uri)
-                run_id = self.own_run[1]
+                run_id = self.own_run[1] if self.own_run else None  # the first fit's
             spool = self._spool(trainer, uri, run_id)
             if logger is None:
                 self._own_spool = spool
-            remote = uri.startswith(("http://", "https://"))  # fails fast only in a process
-            if self._writer_kind(trainer) == "process" or (
-                    options.mlflow_writer == "auto" and remote):
+            if use_process:
+                own = (options.experiment_name, self._own[2]) if logger is None else None
                 sinks.append(MetricWriterProcess(uri, run_id, options.flush_interval_s, spool,
-                                                 retry_s=options.tracking_retry_s))
+                                                 retry_s=options.tracking_retry_s, own_run=own,
+                                                 models=self.logged_models))
+                if own is not None:
+                    self._own_writers.append(sinks[-1])
             else:
                 from mlflow import MlflowClient
 
@@ -202,19 +235,24 @@ class Sinks:
     def close(self, status: str, global_zero: bool) -> None:
         """Closes this fit's sinks and ends the run depth opened with `status`
         (``FINISHED``, ``FAILED``, ``KILLED``)."""
+        from depth.tracking.writer_process import MetricWriterProcess
+
+        ended = False  # by the own run's writer process (or its fallback)
         for sink in self._sinks:
             try:
-                if isinstance(sink, SpoolSink):
+                if isinstance(sink, (SpoolSink, MetricWriterProcess)):
                     sink.close(status)
+                    ended = ended or getattr(sink, "own_run", None) is not None
                 else:
                     sink.close()
             except Exception as err:
                 _warn(f"closing {type(sink).__name__} failed: {err}")
-            self.logged_models.extend(getattr(sink, "models", []))
+            if getattr(sink, "models", self.logged_models) is not self.logged_models:
+                self.logged_models.extend(sink.models)
         self._sinks = []
-        if self.own_run is not None and global_zero:
-            if unreachable(self.own_run[0]) is None:
-                end_run(*self.own_run, status=status)
+        if self._own and self._own[1] is not None and global_zero and not ended:
+            if unreachable(self._own[0]) is None:
+                end_run(self._own[0], self._own[1], status=status)
             elif self._own_spool is not None:  # the server went away mid-run
                 try:
                     self._own_spool.end(status)

@@ -72,8 +72,9 @@ class Spool:
         self.directory = Path(directory)
         self.tracking_uri = tracking_uri
         self.run_id = run_id
-        key = run_id or f"new-{uuid.uuid4().hex[:12]}"
-        self.path = self.directory / f"{key}-{time.strftime('%Y%m%dT%H%M%S')}{SUFFIX}"
+        key = run_id or "new"  # with a random part: two fits in one second, two files
+        stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        self.path = self.directory / f"{key}-{stamp}{SUFFIX}"
         # Credentials in the URI are not stored: `sync_spool` takes them from
         # MLFLOW_TRACKING_URI or its `tracking_uri` argument.
         self._header = {"spool": SCHEMA, "tracking_uri": redact(tracking_uri), "run_id": run_id,
@@ -83,8 +84,18 @@ class Spool:
         self.events = 0
         self.points = 0
 
-    def _append(self, event: dict[str, Any]) -> None:
-        event = {"id": uuid.uuid4().hex, **event}
+    def run_known(self, run_id: str) -> None:
+        """The run became known (a writer process created it): a file not begun yet names
+        it; a file already begun without it gets it through ``.done`` (the writer process
+        writes it there, as `sync_spool` does for a run it creates)."""
+        self.run_id = run_id
+        with self._lock:
+            if self.events == 0:
+                self._header["run_id"] = run_id
+
+    def _append(self, event: dict[str, Any]) -> str:
+        key = uuid.uuid4().hex
+        event = {"id": key, **event}
         with self._lock:
             if self.events == 0:
                 self.directory.mkdir(parents=True, exist_ok=True)
@@ -95,22 +106,26 @@ class Spool:
                 f.flush()
                 os.fsync(f.fileno())
             self.events += 1
+        return key
 
-    def add_points(self, points: Sequence[Sequence[Any]]) -> None:
-        """Spools ``(key, value, timestamp_ms, step)`` metric points."""
-        if points:
-            self._append({"points": [list(p) for p in points]})
-            self.points += len(points)
+    def add_points(self, points: Sequence[Sequence[Any]]) -> list[str]:
+        """Spools ``(key, value, timestamp_ms, step)`` metric points; returns the event's id
+        (none when there are no points)."""
+        if not points:
+            return []
+        key = self._append({"points": [list(p) for p in points]})
+        self.points += len(points)
+        return [key]
 
-    def add_checkpoints(self, events: Iterable[Mapping[str, Any]]) -> None:
-        """Spools checkpoint events as the writers queue them (a record, or a file)."""
-        for event in events:
-            self._append({"checkpoint": dict(event)})
+    def add_checkpoints(self, events: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Spools checkpoint events as the writers queue them (a record, or a file); returns
+        their ids."""
+        return [self._append({"checkpoint": dict(event)}) for event in events]
 
-    def end(self, status: str) -> None:
+    def end(self, status: str) -> str:
         """Spools the end of the run (``FINISHED``, ``FAILED``, ``KILLED``), for a run `sync_spool`
-        creates or one depth opened itself."""
-        self._append({"end": status})
+        creates or one depth opened itself; returns the event's id."""
+        return self._append({"end": status})
 
 
 class SpoolSink(CheckpointEvents):

@@ -59,6 +59,7 @@ def test_own_run_ends_failed_when_the_fit_raises(tmp_path, monkeypatch):
                          logger=False, default_root_dir=tmp_path, max_steps=10, **QUIET)
     with pytest.raises(RuntimeError, match="data loader broke"):
         trainer.fit(TinyLM(), loader(n=40))
+    assert cb.wait_for_tracking()  # its writer ends the run after fit returns
     run = MlflowClient(uri).get_run(cb.own_run[1])
     assert run.info.status == "FAILED"
     points = MlflowClient(uri).get_metric_history(run.info.run_id, "energy/joules")
@@ -75,6 +76,7 @@ def test_own_run_ends_killed_on_keyboard_interrupt(tmp_path, monkeypatch):
                          default_root_dir=tmp_path, max_steps=10, **QUIET)
     with pytest.raises(SystemExit):  # Lightning's graceful shutdown exits with 1
         trainer.fit(TinyLM(), loader(n=40))
+    assert cb.wait_for_tracking()
     assert MlflowClient(uri).get_run(cb.own_run[1]).info.status == "KILLED"
 
 

@@ -67,6 +67,7 @@ def test_without_an_mlflow_logger_the_callback_opens_its_own_run(tmp_path):
                          enable_progress_bar=False, enable_model_summary=False,
                          accelerator="cpu", devices=1, default_root_dir=tmp_path)
     trainer.fit(TinyLM(), loader(n=20))
+    assert callback.wait_for_tracking()  # its writer finishes the run after fit returns
     uri, run_id = callback.own_run
     assert uri == os.environ["MLFLOW_TRACKING_URI"]  # honoured
     client = MlflowClient(uri)

@@ -132,6 +132,7 @@ def test_a_server_killed_mid_run_loses_nothing_after_depth_sync(tmp_path, monkey
         assert max(outage.step_times) < 3.0  # the outage never stalled a step
         assert rest_s < 30  # nor set-up and the end of training (MLflow's retries: minutes)
         assert sum(server.uri in str(w.message) for w in caught) == 1
+        assert callback.wait_for_tracking()  # its writer finishes after fit returns
         uri, run_id = callback.own_run
         client = MlflowClient(uri)
         before = {m.step for m in client.get_metric_history(run_id, "energy/joules")}

@@ -86,3 +86,30 @@ def test_thread_writer_stores_every_point_once(sqlite_run):
         writer.log({"energy/joules": float(step)}, step)
     writer.close()
     assert steps_of(client, run_id, "energy/joules") == list(range(1, 301))
+
+
+def test_an_own_run_writer_that_dies_before_creating_the_run_is_replaced_here(tmp_path):
+    """The own run's writer process creates the run; if it dies first, the run is opened
+    here, and every point and the run's end still reach the store."""
+    from mlflow import MlflowClient
+
+    from depth.tracking.spool import Spool
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spool = Spool(tmp_path / "spool", uri, None, experiment_name="dies")
+    writer = MetricWriterProcess(uri, None, interval_s=0.1, spool=spool,
+                                 own_run=("dies", "dies-early"))
+    writer._proc.kill()  # before it imported MLflow, let alone created the run
+    writer._proc.wait()
+    for step in range(1, 6):
+        writer.log({"energy/joules": float(step)}, step)
+    deadline = time.monotonic() + 60
+    while writer.error is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    writer.close("FAILED")
+    assert writer.run_id is not None and not writer.handed_off
+    client = MlflowClient(uri)
+    run = client.get_run(writer.run_id)
+    assert run.info.run_name == "dies-early" and run.info.status == "FAILED"
+    assert steps_of(client, writer.run_id, "energy/joules") == [1, 2, 3, 4, 5]
+    assert not spool.path.exists()  # nothing needed the spool
