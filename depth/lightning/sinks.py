@@ -24,7 +24,8 @@ from depth.accounting.ledger import Point
 from depth.accounting.reader import UNMEASURED
 from depth.lightning.options import CallbackOptions
 from depth.tracking.spool import Spool, SpoolSink
-from depth.tracking.store import default_tracking_uri, end_run, open_run, redact, unreachable
+from depth.tracking.store import (default_tracking_uri, end_run, open_run, redact, redact_text,
+                                  unreachable)
 
 
 def is_mlflow_logger(logger: Any) -> bool:
@@ -124,24 +125,26 @@ class Sinks:
         if not mlflow_loggers and options.tracking:
             targets = [(self.own_run[0] if self.own_run else default_tracking_uri(), None)]
         down = {uri: why for uri in {u for u, _ in targets} if (why := unreachable(uri))}
+        if not mlflow_loggers and targets and targets[0][0] not in down and self.own_run is None:
+            uri = targets[0][0]
+            try:  # one run for every fit of this callback
+                self.own_run = open_run(options.experiment_name, run_name=_run_name(),
+                                        tracking_uri=uri)
+            except Exception as err:  # no permission on the experiment, a server error
+                why = redact_text(" ".join(f"{type(err).__name__}: {err}".split()))[:300]
+                down[uri] = f"it refused to open a run: {why}"
         for uri, logger in targets:
             if uri in down:  # nothing waits on the server: everything goes to the spool
                 run_id = (getattr(logger, "_run_id", None) if logger is not None
                           else self.own_run[1] if self.own_run else None)
                 spool = self._spool(trainer, uri, run_id)
-                _warn(f"MLflow tracking server {redact(uri)} is unreachable ({down[uri]}); "
+                _warn(f"MLflow tracking server {redact(uri)} cannot be used ({down[uri]}); "
                       f"energy metrics and records are spooled to {spool.directory} (replay "
                       f"with `depth sync {spool.directory}`); checkpoints still carry their "
                       "records")
                 sinks.append(SpoolSink(spool))
                 continue
-            if logger is not None:
-                run_id = logger.run_id
-            else:
-                if self.own_run is None:  # one run for every fit of this callback
-                    self.own_run = open_run(options.experiment_name, run_name=_run_name(),
-                                            tracking_uri=uri)
-                run_id = self.own_run[1]
+            run_id = logger.run_id if logger is not None else self.own_run[1]
             spool = self._spool(trainer, uri, run_id)
             if logger is None:
                 self._own_spool = spool
