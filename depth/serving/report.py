@@ -50,13 +50,11 @@ def _by_batch(model: Any) -> list[tuple[int, float]]:
     return sorted((step, value) for step, (_, value) in latest.items())
 
 
-def collect(client: Any, tracking_uri: str, experiment_id: str, all_checkpoints: bool = False
-            ) -> list[tuple[dict[str, Any], Any]]:
-    """(row, LoggedModel) per model, by run name and step."""
-    from depth.tracking.sources import read_provenance
-
-    models = [m for m in client.search_logged_models([experiment_id])
-              if "depth.step" in m.tags]
+def collect(client: Any, tracking_uri: str, experiment_ids: str | list[str],
+            all_checkpoints: bool = False) -> list[tuple[dict[str, Any], Any]]:
+    """(row, LoggedModel) per model of the experiments, by run name and step."""
+    ids = [experiment_ids] if isinstance(experiment_ids, str) else list(experiment_ids)
+    models = [m for m in client.search_logged_models(ids) if "depth.step" in m.tags]
     if not all_checkpoints:
         latest: dict[str, Any] = {}
         for m in models:
@@ -64,6 +62,32 @@ def collect(client: Any, tracking_uri: str, experiment_id: str, all_checkpoints:
             if key not in latest or int(m.tags["depth.step"]) > int(latest[key].tags["depth.step"]):
                 latest[key] = m
         models = list(latest.values())
+    return _rows(models, tracking_uri)
+
+
+def collect_registered(client: Any, tracking_uri: str, name: str
+                       ) -> list[tuple[dict[str, Any], Any]]:
+    """(row, LoggedModel) per version of the registered model `name` that has a depth
+    record behind it; each row's model is ``models:/NAME/VERSION``."""
+    from depth.tracking.sources import logged_model_id
+
+    pairs = []
+    for version in client.search_model_versions(f"name = '{name}'"):
+        source = f"models:/{name}/{version.version}"
+        try:
+            model = client.get_logged_model(logged_model_id(client, source))
+        except ValueError:  # a version registered from elsewhere: no LoggedModel behind it
+            continue
+        if "depth.step" in model.tags:
+            for row, m in _rows([model], tracking_uri):
+                pairs.append(({**row, "model": source, "version": int(version.version)}, m))
+    pairs.sort(key=lambda pair: pair[0]["version"])
+    return pairs
+
+
+def _rows(models: list[Any], tracking_uri: str) -> list[tuple[dict[str, Any], Any]]:
+    from depth.tracking.sources import read_provenance
+
     out = []
     for m in models:
         record = read_provenance(m.model_id, tracking_uri=tracking_uri)
@@ -172,33 +196,53 @@ def _plot_amortization(pairs: list[tuple[dict[str, Any], Any]], path: Path) -> N
     _finish(fig, ax, path, "Training energy spread over served tokens", drawn)
 
 
-def make_report(experiment: str, tracking_uri: str, out_dir: Path,
-                all_checkpoints: bool = False, log: bool = True) -> Report:
-    """Builds the table and plots for `experiment`; writes them to `out_dir` (and, with
-    `log`, to a ``depth-report`` run of the experiment).
+def _experiment_ids(client: Any, names: list[str], tracking_uri: str) -> list[str]:
+    from depth.tracking.store import redact
+
+    ids = []
+    for name in names:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            known = [e.name for e in client.search_experiments()]
+            raise ValueError(f"no experiment {name!r} at {redact(tracking_uri)}"
+                             + (f"; there are: {', '.join(known)}" if known else ""))
+        ids.append(found.experiment_id)
+    return ids
+
+
+def make_report(experiment: str | list[str], tracking_uri: str, out_dir: Path,
+                all_checkpoints: bool = False, log: bool = True,
+                registered_model: str | None = None) -> Report:
+    """Builds the table and plots for the models of `experiment` (one name or several),
+    or of every version of `registered_model`; writes them to `out_dir` (and, with `log`,
+    to a ``depth-report`` run of the first experiment, or of the latest version's).
 
     Raises:
-        ValueError: No such experiment, or no depth models in it.
+        ValueError: No such experiment or registered model, or no depth models in it.
     """
     import matplotlib
 
     matplotlib.use("Agg")
-    from depth.tracking.sources import reader_client
+    from depth.tracking.sources import reader_client, reading
 
     client, _ = reader_client(tracking_uri)  # one line within seconds if the server is down
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        names = [e.name for e in client.search_experiments()]
-        from depth.tracking.store import redact
-
-        raise ValueError(f"no experiment {experiment!r} at {redact(tracking_uri)}"
-                         + (f"; there are: {', '.join(names)}" if names else ""))
-    pairs = collect(client, tracking_uri, found.experiment_id, all_checkpoints)
+    names = [experiment] if isinstance(experiment, str) else list(experiment)
+    label = (f"models:/{registered_model}" if registered_model is not None
+             else f"experiment {names[0]!r}" if len(names) == 1 else f"experiments {names}")
+    with reading(label):  # one line for what MLflow refuses (HTTP 403: no permission)
+        if registered_model is not None:
+            client.get_registered_model(registered_model)  # one line if there is none
+            pairs = collect_registered(client, tracking_uri, registered_model)
+            home = pairs[-1][1].experiment_id if pairs else None
+        else:
+            ids = _experiment_ids(client, names, tracking_uri)
+            pairs = collect(client, tracking_uri, ids, all_checkpoints)
+            home = ids[0]
+        runs = {row["run"]: client.get_run(row["run"]).info.run_name or row["run"][:8]
+                for row, _ in pairs}
     if not pairs:
-        raise ValueError(f"experiment {experiment!r} has no models with depth records")
+        raise ValueError(f"{label} has no models with depth records")
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = {row["run"]: client.get_run(row["run"]).info.run_name or row["run"][:8]
-            for row, _ in pairs}
     files = [out_dir / "cumulative_joules.png", out_dir / "tokens_per_wh_by_batch.png",
              out_dir / "amortization.png", out_dir / "models.csv"]
     _plot_joules(client, runs, files[0])
@@ -211,13 +255,12 @@ def make_report(experiment: str, tracking_uri: str, out_dir: Path,
             writer.writerow(row)
     report = Report(rows=[row for row, _ in pairs], files=files)
     if log:
-        run = client.create_run(found.experiment_id, run_name="depth-report",
-                                tags={"depth.report": "true"})
-        with tempfile.TemporaryDirectory() as tmp:
+        with reading(label), tempfile.TemporaryDirectory() as tmp:
+            run = client.create_run(home, run_name="depth-report", tags={"depth.report": "true"})
             for path in files:
                 (Path(tmp) / path.name).write_bytes(path.read_bytes())
             client.log_artifacts(run.info.run_id, tmp, "depth-report")
-        client.set_terminated(run.info.run_id)
+            client.set_terminated(run.info.run_id)
         report.run_id = run.info.run_id
     return report
 
