@@ -39,6 +39,8 @@ FIT = REPO / "tests" / "support" / "team_fit.py"
 
 def launch_fits(root: Path, n: int, env: dict[str, str], args: argparse.Namespace,
                 tracking: bool, experiment: str) -> list[subprocess.Popen]:
+    """Starts `n` fits and returns once they all train (their imports done, started
+    together)."""
     procs = []
     for i in range(n):
         d = root / f"fit{i}"
@@ -46,9 +48,15 @@ def launch_fits(root: Path, n: int, env: dict[str, str], args: argparse.Namespac
         procs.append(subprocess.Popen(
             [sys.executable, str(FIT), "--dir", str(d), "--steps", str(args.steps),
              "--sleep", str(args.sleep_s), "--every-n-steps", str(args.every_n_steps),
-             "--experiment", experiment, *([] if tracking else ["--no-tracking"])],
+             "--experiment", experiment, "--go", str(root / "go"),
+             *([] if tracking else ["--no-tracking"])],
             env={**os.environ, **env, "PYTHONPATH": str(REPO)}, cwd=d,
             stdout=subprocess.DEVNULL, stderr=open(d / "stderr.log", "w")))
+    while not all((root / f"fit{i}" / "ready").exists() for i in range(n)):
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a fit under {root} exited before it started")
+        time.sleep(0.1)
+    (root / "go").touch()
     return procs
 
 
@@ -92,9 +100,9 @@ def overhead(server: Any, args: argparse.Namespace, work: Path, client: Any) -> 
     for r in range(args.rounds):
         for mode in ("without", "with"):  # alternated: the machine's load drifts
             root = work / f"overhead-{r}-{mode}"
+            procs = launch_fits(root, args.fits, env, args, mode == "with", experiment)
             t0 = time.perf_counter()
-            summaries = finish(launch_fits(root, args.fits, env, args, mode == "with",
-                                           experiment), root, 900)
+            summaries = finish(procs, root, 900)
             print(f"round {r} {mode} tracking: {time.perf_counter() - t0:.1f} s wall, fits "
                   f"{statistics.median(s['fit_s'] for s in summaries):.1f} s median",
                   flush=True)
@@ -183,8 +191,10 @@ def main() -> None:
     p.add_argument("--sleep-s", type=float, default=0.05)
     p.add_argument("--every-n-steps", type=int, default=50)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--workers", type=int, default=4, help="server worker processes")
-    p.add_argument("--kill-after-s", type=float, default=25.0)
+    p.add_argument("--workers", type=int, default=1, help="server worker processes (4 failed "
+                   "to start here once: a worker died at startup, cause not captured)")
+    p.add_argument("--kill-after-s", type=float, default=4.0,
+                   help="seconds after the fits start training")
     p.add_argument("--outage-s", type=float, default=5.0)
     p.add_argument("--writer-rows", type=int, default=20000)
     p.add_argument("--out", type=Path, default=None)
