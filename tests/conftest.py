@@ -35,6 +35,20 @@ def _session_store(tmp_path_factory):
         os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
+@pytest.fixture(scope="session")
+def team_server(tmp_path_factory):
+    """MLflow's basic-auth server on a throwaway PostgreSQL cluster, with users alice
+    (EDIT) and bob (READ) on experiment ``team``: one for the session (it takes tens of
+    seconds to start). Skipped, with the reason, where PostgreSQL or its driver is missing."""
+    from tests.support.postgres import missing, team_server
+
+    why = missing()
+    if why is not None:
+        pytest.skip(why)
+    with team_server(tmp_path_factory.mktemp("team-server")) as server:
+        yield server
+
+
 @pytest.fixture()
 def sqlite_run(tmp_path):
     """(tracking URI, MlflowClient, run id): one run on a fresh SQLite store in tmp_path."""

@@ -226,9 +226,14 @@ def run_amortize(args: Namespace) -> int:
 # ----------------------------------------------------------------------------- report
 
 def declare_report(p: ArgumentParser) -> None:
-    p.add_argument("--experiment", type=str, default="depth", help="The MLflow experiment.")
+    p.add_argument("--experiment", type=str, action="append", default=None,
+                   help="The MLflow experiment (default depth); repeat it for several.")
+    p.add_argument("--registered-model", type=str, default=None,
+                   help="Every version of this registered model instead (one row each, "
+                   "named models:/NAME/VERSION).")
     p.add_argument("--out", type=str, default=None,
-                   help="Folder for the PNGs and models.csv (default reports/EXPERIMENT).")
+                   help="Folder for the PNGs and models.csv (default reports/EXPERIMENT, "
+                   "or reports/NAME for a registered model).")
     p.add_argument("--all-checkpoints", action="store_true",
                    help="One row per checkpoint, not per run.")
     p.add_argument("--json", action="store_true", help="Print the rows as JSON.")
@@ -247,15 +252,20 @@ def run_report(args: Namespace) -> int:
     from depth.tracking.store import default_tracking_uri
 
     checks.tracking_uri("tracking-uri", args.tracking_uri)
-    out = checks.writable_dir("out", args.out or Path("reports") / args.experiment)
+    if args.registered_model is not None and args.experiment:
+        raise UsageError("give --experiment or --registered-model, not both")
+    experiments = args.experiment or ["depth"]
+    out = checks.writable_dir("out", args.out or Path("reports") / (
+        args.registered_model or "+".join(experiments)))
     uri = args.tracking_uri or default_tracking_uri()
     keep = [k.strip() for k in (args.keep or "").split(",") if k.strip()]
     if any(not k.startswith("m-") for k in keep):
         raise UsageError(f"--keep takes LoggedModel ids like m-0123abcd (comma-separated); "
                          f"got {args.keep!r}")
     try:
-        report = make_report(args.experiment, uri, out, args.all_checkpoints,
-                             log=not args.no_log, keep=keep)
+        report = make_report(experiments, uri, out, args.all_checkpoints,
+                             log=not args.no_log, keep=keep,
+                             registered_model=args.registered_model)
     except ValueError as err:
         print(f"depth report: {one_line(err)}", file=sys.stderr)
         return 2
@@ -264,7 +274,9 @@ def run_report(args: Namespace) -> int:
         return 0
     from depth.tracking.store import redact
 
-    print(f"depth report: experiment {args.experiment!r} at {redact(uri)}")
+    what = (f"registered model {args.registered_model!r}" if args.registered_model else
+            f"experiment{'s' if len(experiments) > 1 else ''} {', '.join(map(repr, experiments))}")
+    print(f"depth report: {what} at {redact(uri)}")
     print(format_table(report.rows))
     from depth.serving.physics import GPT3_J_PER_PARAMETER
 

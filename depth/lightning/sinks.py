@@ -154,7 +154,7 @@ class Sinks:
                 run_id = (getattr(logger, "_run_id", None) if logger is not None
                           else self.own_run[1] if self._own and self.own_run else None)
                 spool = self._spool(trainer, uri, run_id)
-                _warn(f"MLflow tracking server {redact(uri)} is unreachable ({down[uri]}); "
+                _warn(f"MLflow tracking server {redact(uri)} cannot be used ({down[uri]}); "
                       f"energy metrics and records are spooled to {spool.directory} (replay "
                       f"with `depth sync {spool.directory}`); checkpoints still carry their "
                       "records")

@@ -60,13 +60,11 @@ def _by_batch(model: Any) -> list[tuple[int, float]]:
     return sorted((step, value) for step, (_, value) in latest.items())
 
 
-def collect(client: Any, tracking_uri: str, experiment_id: str, all_checkpoints: bool = False
-            ) -> list[tuple[dict[str, Any], Any]]:
-    """(row, LoggedModel) per model, by run name and step."""
-    from depth.tracking.sources import read_provenance
-
-    models = [m for m in client.search_logged_models([experiment_id])
-              if "depth.step" in m.tags]
+def collect(client: Any, tracking_uri: str, experiment_ids: str | list[str],
+            all_checkpoints: bool = False) -> list[tuple[dict[str, Any], Any]]:
+    """(row, LoggedModel) per model of the experiments, by run name and step."""
+    ids = [experiment_ids] if isinstance(experiment_ids, str) else list(experiment_ids)
+    models = [m for m in client.search_logged_models(ids) if "depth.step" in m.tags]
     if not all_checkpoints:
         latest: dict[str, Any] = {}
         for m in models:
@@ -74,6 +72,32 @@ def collect(client: Any, tracking_uri: str, experiment_id: str, all_checkpoints:
             if key not in latest or int(m.tags["depth.step"]) > int(latest[key].tags["depth.step"]):
                 latest[key] = m
         models = list(latest.values())
+    return _rows(models, tracking_uri)
+
+
+def collect_registered(client: Any, tracking_uri: str, name: str
+                       ) -> list[tuple[dict[str, Any], Any]]:
+    """(row, LoggedModel) per version of the registered model `name` that has a depth
+    record behind it; each row's model is ``models:/NAME/VERSION``."""
+    from depth.tracking.sources import logged_model_id
+
+    pairs = []
+    for version in client.search_model_versions(f"name = '{name}'"):
+        source = f"models:/{name}/{version.version}"
+        try:
+            model = client.get_logged_model(logged_model_id(client, source))
+        except ValueError:  # a version registered from elsewhere: no LoggedModel behind it
+            continue
+        if "depth.step" in model.tags:
+            for row, m in _rows([model], tracking_uri):
+                pairs.append(({**row, "model": source, "version": int(version.version)}, m))
+    pairs.sort(key=lambda pair: pair[0]["version"])
+    return pairs
+
+
+def _rows(models: list[Any], tracking_uri: str) -> list[tuple[dict[str, Any], Any]]:
+    from depth.tracking.sources import read_provenance
+
     out = []
     for m in models:
         record = read_provenance(m.model_id, tracking_uri=tracking_uri)
@@ -183,39 +207,63 @@ def _plot_amortization(pairs: list[tuple[dict[str, Any], Any]], path: Path) -> N
     _finish(fig, ax, path, "Training energy spread over served tokens", drawn)
 
 
-def make_report(experiment: str, tracking_uri: str, out_dir: Path,
+def _experiments(client: Any, names: list[str], tracking_uri: str) -> list[Any]:
+    from depth.tracking.store import redact
+
+    found = []
+    for name in names:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            known = [e.name for e in client.search_experiments()]
+            raise ValueError(f"no experiment {name!r} at {redact(tracking_uri)}"
+                             + (f"; there are: {', '.join(known)}" if known else ""))
+        found.append(experiment)
+    return found
+
+
+def make_report(experiment: str | list[str], tracking_uri: str, out_dir: Path,
                 all_checkpoints: bool = False, log: bool = True,
-                keep: list[str] | None = None) -> Report:
-    """Builds the table and plots for `experiment`; writes them to `out_dir` (and, with
-    `log`, to a ``depth-report`` run of the experiment). The search (`depth.serving.search`:
-    every run's joules beside the kept models', `keep` naming more of them) goes to
-    ``search.json``.
+                keep: list[str] | None = None,
+                registered_model: str | None = None) -> Report:
+    """Builds the table and plots for the models of `experiment` (one name or several),
+    or of every version of `registered_model`; writes them to `out_dir` (and, with `log`,
+    to the ``depth-report`` run of the first experiment, or of the latest version's). The
+    search of each experiment (`depth.serving.search`: every run's joules beside the kept
+    models', `keep` naming more of them) goes to ``search.json``.
 
     Raises:
-        ValueError: No such experiment, or no depth models in it.
+        ValueError: No such experiment or registered model, or no depth models in it.
     """
     import matplotlib
 
     matplotlib.use("Agg")
-    from depth.tracking.sources import reader_client
+    from depth.serving.search import experiment_energy, report_lines
+    from depth.tracking.sources import reader_client, reading
 
     client, _ = reader_client(tracking_uri)  # one line within seconds if the server is down
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        names = [e.name for e in client.search_experiments()]
-        from depth.tracking.store import redact
-
-        raise ValueError(f"no experiment {experiment!r} at {redact(tracking_uri)}"
-                         + (f"; there are: {', '.join(names)}" if names else ""))
-    from depth.serving.search import experiment_energy, report_lines
-
-    energy = experiment_energy(client, found, keep or ())  # a bad --keep fails here, first
-    pairs = collect(client, tracking_uri, found.experiment_id, all_checkpoints)
+    names = [experiment] if isinstance(experiment, str) else list(experiment)
+    label = (f"models:/{registered_model}" if registered_model is not None
+             else f"experiment {names[0]!r}" if len(names) == 1 else f"experiments {names}")
+    with reading(label):  # one line for what MLflow refuses (HTTP 403: no permission)
+        if registered_model is not None:
+            client.get_registered_model(registered_model)  # one line if there is none
+            pairs = collect_registered(client, tracking_uri, registered_model)
+            ids = list(dict.fromkeys(m.experiment_id for _, m in pairs))
+            experiments = [client.get_experiment(i) for i in ids]
+            home = ids[-1] if ids else None
+        else:
+            experiments = _experiments(client, names, tracking_uri)
+            ids = [e.experiment_id for e in experiments]
+            energies_first = [experiment_energy(client, e, keep or ()) for e in experiments]
+            pairs = collect(client, tracking_uri, ids, all_checkpoints)  # bad --keep: above
+            home = ids[0]
+        energies = (energies_first if registered_model is None
+                    else [experiment_energy(client, e, keep or ()) for e in experiments])
+        runs = {row["run"]: client.get_run(row["run"]).info.run_name or row["run"][:8]
+                for row, _ in pairs}
     if not pairs:
-        raise ValueError(f"experiment {experiment!r} has no models with depth records")
+        raise ValueError(f"{label} has no models with depth records")
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = {row["run"]: client.get_run(row["run"]).info.run_name or row["run"][:8]
-            for row, _ in pairs}
     files = [out_dir / "cumulative_joules.png", out_dir / "tokens_per_wh_by_batch.png",
              out_dir / "amortization.png", out_dir / "models.csv", out_dir / "search.json"]
     _plot_joules(client, runs, files[0])
@@ -226,11 +274,15 @@ def make_report(experiment: str, tracking_uri: str, out_dir: Path,
         writer.writeheader()
         for row, _ in pairs:
             writer.writerow(row)
-    files[4].write_text(json.dumps(energy.summary(), indent=2))
-    report = Report(rows=[row for row, _ in pairs], files=files, search=energy.summary(),
-                    search_lines=report_lines(energy))
-    if log:
-        report.run_id = log_report(client, found.experiment_id, report)
+    search = ([e.summary() for e in energies] if len(energies) != 1
+              else energies[0].summary())
+    files[4].write_text(json.dumps(search, indent=2))
+    report = Report(rows=[row for row, _ in pairs], files=files,
+                    search=search if isinstance(search, dict) else {"experiments": search},
+                    search_lines=[line for e in energies for line in report_lines(e)])
+    if log and home is not None:
+        with reading(label):
+            report.run_id = log_report(client, home, report)
     return report
 
 

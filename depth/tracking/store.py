@@ -93,12 +93,34 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{DEFAULT_STORE_DIR}/mlflow.db"
 
 
+def _authorization(uri: str) -> tuple[str, str | None, str]:
+    """(`uri` without credentials, the ``Authorization`` header MLflow's client would send,
+    where the credentials come from): the URI's ``user:password@`` (requests sends those
+    over any header), else ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``, else
+    ``MLFLOW_TRACKING_TOKEN``."""
+    import base64
+
+    base, authorization = split_credentials(uri)
+    if authorization is not None:
+        return base, authorization, "the URI's user:password@"
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return base, f"Basic {token}", "MLFLOW_TRACKING_USERNAME/_PASSWORD"
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return base, f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}", "MLFLOW_TRACKING_TOKEN"
+    return base, None, "none given (MLFLOW_TRACKING_USERNAME/_PASSWORD or user:password@)"
+
+
 def unreachable(uri: str, timeout_s: float = 2.0) -> str | None:
     """Why a tracking server cannot be used now (one line, credentials redacted), or
     ``None`` when it answers.
 
-    Only ``http(s)://`` URIs are probed (``GET /health``, with the URI's ``user:password@``
-    sent as basic auth, as MLflow sends it); MLflow's own client would retry an
+    Only ``http(s)://`` URIs are probed: ``GET /health``, then one authenticated read
+    (``experiments/search``, one result) with the credentials MLflow's client would send,
+    since an authenticating server (MLflow's basic-auth app) answers ``/health`` to anyone
+    and refuses wrong credentials only on the API. MLflow's own client would retry an
     unreachable server for minutes, stalling whoever asked.
     """
     if not uri.startswith(("http://", "https://")):
@@ -106,17 +128,25 @@ def unreachable(uri: str, timeout_s: float = 2.0) -> str | None:
     import urllib.error
     import urllib.request
 
-    base, authorization = split_credentials(uri)
-    request = urllib.request.Request(f"{base.rstrip('/')}/health")
-    if authorization is not None:
-        request.add_header("Authorization", authorization)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s):
-            return None
-    except urllib.error.HTTPError:
-        return None  # it answered: a server without /health, or behind auth
-    except (OSError, ValueError) as err:
-        return redact_text(f"{type(err).__name__}: {getattr(err, 'reason', err)}")
+    base, authorization, whence = _authorization(uri)
+    base = base.rstrip("/")
+    for path in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
+        request = urllib.request.Request(base + path)
+        if authorization is not None:
+            request.add_header("Authorization", authorization)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s):
+                pass
+        except urllib.error.HTTPError as err:
+            if err.code == 401:
+                return f"HTTP 401: it refuses the credentials, from {whence}"
+            if path == "/health":
+                return None  # it answered: a server without /health, or behind a proxy
+        except (OSError, ValueError) as err:
+            if path != "/health":
+                return None  # it answered /health: a slow read is the writer's to retry
+            return redact_text(f"{type(err).__name__}: {getattr(err, 'reason', err)}")
+    return None
 
 
 def artifacts_beside(uri: str) -> str | None:
@@ -133,6 +163,7 @@ def open_run(experiment_name: str, run_name: str | None = None,
              tracking_uri: str | None = None) -> tuple[str, str]:
     """Creates a run (and its experiment if needed); returns (tracking URI, run id)."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     uri = tracking_uri or default_tracking_uri()
     client = MlflowClient(uri)
@@ -140,8 +171,13 @@ def open_run(experiment_name: str, run_name: str | None = None,
     if experiment is not None:
         experiment_id = experiment.experiment_id
     else:
-        experiment_id = client.create_experiment(experiment_name,
-                                                 artifact_location=artifacts_beside(uri))
+        try:
+            experiment_id = client.create_experiment(experiment_name,
+                                                     artifact_location=artifacts_beside(uri))
+        except MlflowException as err:  # another fit created it first (a team's first day)
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment_id = client.get_experiment_by_name(experiment_name).experiment_id
     run = client.create_run(experiment_id, run_name=run_name, tags={"depth.own_run": "true"})
     return uri, run.info.run_id
 

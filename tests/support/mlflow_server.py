@@ -1,7 +1,9 @@
-"""A real `mlflow server` on 127.0.0.1 for tests (SQLite backend, local artifacts)."""
+"""A real `mlflow server` on 127.0.0.1 for tests (SQLite backend by default, local
+artifacts; tests/support/postgres.py runs it on PostgreSQL with basic auth)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -26,13 +28,20 @@ class MlflowServer:
         root: Folder for the SQLite store, artifacts and the server log.
         backend: Backend store URI (default: ``sqlite:///ROOT/server.db``).
         port: The port (default: a free one).
+        app_name: ``--app-name`` (``basic-auth``: MLflow's users and permissions).
+        workers: Server worker processes.
     """
 
-    def __init__(self, root: Path, backend: str | None = None, port: int | None = None):
+    env: dict[str, str] = {}  # extra environment of the server (the auth app's settings)
+
+    def __init__(self, root: Path, backend: str | None = None, port: int | None = None,
+                 app_name: str | None = None, workers: int = 1):
         self.root = root
         self.backend = backend or f"sqlite:///{root}/server.db"
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
+        self.app_name = app_name
+        self.workers = workers
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 90.0) -> str:
@@ -41,8 +50,11 @@ class MlflowServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
              str(self.port), "--backend-store-uri", self.backend,
-             "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+             "--artifacts-destination", str(self.root / "artifacts"),
+             "--workers", str(self.workers),
+             *(["--app-name", self.app_name] if self.app_name else [])],
+            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+            env={**os.environ, **self.env})
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -61,7 +73,6 @@ class MlflowServer:
         """Kills the server and its workers (an outage, not a graceful shutdown)."""
         if self.proc is None:
             return
-        import os
         import signal
 
         try:  # uvicorn/gunicorn workers are children: take the whole group down
