@@ -27,6 +27,13 @@ def bounded(name: str, value: float, low: float, high: float, unit: str = "") ->
     return value
 
 
+def at_least(name: str, value: int, low: int) -> int:
+    """`value` when it is at least `low`, else a `UsageError` naming ``--name``."""
+    if value < low:
+        raise UsageError(f"--{name} takes an integer >= {low} (got {value})")
+    return value
+
+
 def tracking_uri(name: str, uri: str | None) -> str | None:
     """`uri` (or ``MLFLOW_TRACKING_URI`` when `uri` is ``None``) if MLflow can open a
     store of its kind; the scheme is checked, not the server, which may be down for now."""

@@ -4,6 +4,7 @@ set against its training energy and physics."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -62,6 +63,9 @@ def declare_eval(p: ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="Print one JSON object.")
     p.add_argument("--no-log", action="store_true", help="Do not write to MLflow.")
     p.add_argument("--tracking-uri", type=str, default=None, help="The MLflow store.")
+    p.add_argument("--force", action="store_true",
+                   help="Attach to --source even a model whose parameter count differs from "
+                   "its record's (else refused: probably another model).")
     from depth.cli.endpoint import declare_endpoint
 
     declare_endpoint(p)
@@ -102,8 +106,8 @@ def run_eval(args: Namespace) -> int:
                           model_class=args.model_class, attach_to=args.source,
                           context_tokens=args.context_tokens,
                           kv_cache=False if args.no_kv_cache else None,
-                          warn=warn_line("eval"),
-                          on_start=None if args.json else _heading(args.source or args.model))
+                          warn=warn_line("eval"), force=args.force,
+                          on_start=None if args.json else _heading(args.model, args.source))
     except (OSError, ValueError) as err:
         print(f"depth eval: {one_line(err)}", file=sys.stderr)
         return 2
@@ -120,12 +124,12 @@ def run_eval(args: Namespace) -> int:
     return 0
 
 
-def _heading(source: str) -> Any:
+def _heading(model: str, source: str | None) -> Any:
     """Prints the table's heading as measuring starts: before the progress lines."""
     def show(facts: dict[str, Any]) -> None:
         from depth.serving.table import eval_heading
 
-        print(eval_heading({**facts, "source": source}), flush=True)
+        print(eval_heading({**facts, "model": model, "source": source or model}), flush=True)
 
     return show
 
@@ -137,6 +141,13 @@ def _check_eval(args: Namespace) -> None:
 
     checks.device("device", args.device)
     checks.meter("meter", args.meter)
+    for name in ("prompt-tokens", "new-tokens", "repeats"):
+        checks.at_least(name, getattr(args, name.replace("-", "_")), 1)
+    for name in ("remeasures", "loss-batches"):
+        checks.at_least(name, getattr(args, name.replace("-", "_")), 0)
+    if not (math.isfinite(args.max_spread) and args.max_spread > 1):
+        raise UsageError(f"--max-spread takes a max/min ratio above 1, e.g. 1.25 (got "
+                         f"{args.max_spread:g})")
     checks.bounded("min-window-s", args.min_window_s, 0.0, MAX_WINDOW_S, " s")
     checks.bounded("idle-s", args.idle_s, 0.0, MAX_WINDOW_S, " s")
     positive("temperature-k", args.temperature_k)  # else refused only after measuring
@@ -148,7 +159,14 @@ def _check_eval(args: Namespace) -> None:
             physics.hardware(args.hardware)
         except ValueError as err:
             raise UsageError(f"--hardware: {one_line(err)}") from None
-    checks.tracking_uri("tracking-uri", args.tracking_uri)
+    uri = checks.tracking_uri("tracking-uri", args.tracking_uri)
+    if uri is not None and not args.no_log:  # a result that could not be logged: say so now
+        from depth.serving.attach import check_reachable
+
+        try:
+            check_reachable(uri)
+        except ValueError as err:
+            raise UsageError(one_line(err)) from None
     if args.context_tokens is not None and args.context_tokens < 1:
         raise UsageError(f"--context-tokens must be >= 1 (got {args.context_tokens})")
     if args.model_class is not None:
@@ -186,6 +204,10 @@ def run_amortize(args: Namespace) -> int:
 
     if args.served_tokens is None and (args.tokens_per_day is None or args.days is None):
         raise UsageError("give --served-tokens N, or --tokens-per-day R with --days D")
+    if args.served_tokens is not None and args.days is not None:  # else --days is ignored
+        raise UsageError("give --served-tokens, or --tokens-per-day with --days, not both "
+                         "(--tokens-per-day alone may go with --served-tokens: it dates the "
+                         "break-even)")
     checks.tracking_uri("tracking-uri", args.tracking_uri)
     for name in ("served_tokens", "tokens_per_day", "days", "joules_per_token"):
         value = getattr(args, name)

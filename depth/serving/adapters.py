@@ -48,6 +48,34 @@ def logits_of(out: Any) -> torch.Tensor:
     return out[:, -1] if out.dim() == 3 else out
 
 
+def check_logits(out: Any, batch: int, tokens: int) -> None:
+    """Refuses what a first forward pass on a `batch` x `tokens` prompt returned when its
+    logits cannot be right: another batch size, the vocabulary not last (B x V x T), or
+    NaN/inf values. Measured, such a model gives figures that mean nothing.
+
+    Raises:
+        ValueError: One line saying what is wrong with the logits.
+    """
+    logits_of(out)  # no logits at all: its own line
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    elif not isinstance(out, torch.Tensor):
+        out = out.logits
+    said = f"the model's forward(idx) returned logits of shape {tuple(out.shape)}"
+    if out.size(0) != batch:
+        raise ValueError(f"{said}: logits for {out.size(0)} sequences of a batch of {batch}; "
+                         "depth needs B x T x V, B x 1 x V or B x V")
+    if out.dim() == 3 and out.size(-2) not in (tokens, 1):
+        raise ValueError(f"{said} for a {batch} x {tokens} prompt; depth needs B x T x V or "
+                         "B x 1 x V, the vocabulary last (B x V x T? transpose it)")
+    bad = [name for name, found in (("NaN", torch.isnan(out).any()),
+                                    ("inf", torch.isinf(out).any())) if found]
+    if bad:
+        raise ValueError(f"{said} with {' and '.join(bad)} values; a model whose logits are "
+                         "not finite gives no meaningful tokens/Wh (diverged, or a broken "
+                         "dtype?)")
+
+
 def _context_in(obj: Any) -> int | None:
     for name in CONTEXT_NAMES:
         value = obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
@@ -108,6 +136,28 @@ class RecomputeRunner(Runner):
         """The prompt's forward pass; the last position's logits (B x V)."""
         return logits_of(self.model(self.crop(prompt)))
 
+    def forward(self, prompt: torch.Tensor) -> Any:
+        """What the model's forward returns for a fresh prompt, as it is."""
+        return self.model(self.crop(prompt))
+
+    def check(self, prompt: torch.Tensor) -> None:
+        """Refuses logits that cannot be right (see `check_logits`), before measuring.
+
+        Raises:
+            ValueError: One line: the model fails on `prompt`, or its logits are wrong.
+        """
+        tokens = self.crop(prompt).size(1)
+        try:
+            out = self.forward(prompt)
+        except ValueError:
+            raise
+        except Exception as err:  # the user's code: anything can go wrong in it
+            text = " ".join(str(err).split())[:200]
+            raise ValueError(f"the model's forward(idx) failed on a {prompt.size(0)} x "
+                             f"{tokens} prompt of token ids ({type(err).__name__}: {text})"
+                             ) from None
+        check_logits(out, prompt.size(0), tokens)
+
     def vocab_size(self, device: torch.device) -> int:
         """The vocabulary, read from the logits of a one-token prompt.
 
@@ -150,6 +200,13 @@ class CachedRunner(RecomputeRunner):
 
     def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
         return self._step(self.crop(prompt), None)[0]
+
+    def forward(self, prompt: torch.Tensor) -> Any:
+        out = self.model(self.crop(prompt), past=None)
+        if not isinstance(out, (tuple, list)) or len(out) < 2:
+            raise ValueError("the model's forward takes `past` but did not return "
+                             "(logits, ..., cache): see the KV-cache protocol")
+        return out[0]
 
     def start(self, prompt: torch.Tensor) -> Any:
         prompt = self.crop(prompt)

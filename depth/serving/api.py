@@ -37,8 +37,8 @@ def measure_inference(model: Any = None, *,
                       repeats: int = 3, min_window_s: float = 0.5, idle_s: float = 2.0,
                       hardware: str | None = None, flops_per_token: float | None = None,
                       temperature_k: float = 300.0, tracking_uri: str | None = None,
-                      log: bool = True, progress: Callable[[str], None] | None = None
-                      ) -> dict[str, Any]:
+                      log: bool = True, progress: Callable[[str], None] | None = None,
+                      force: bool = False) -> dict[str, Any]:
     """Measures inference tokens/Wh over a batch-size sweep, as `depth eval` does.
 
     Args:
@@ -50,9 +50,10 @@ def measure_inference(model: Any = None, *,
             `new_tokens` per sequence (EOS ignored); needs `vocab_size`.
         source: The trained model the result belongs to (a checkpoint, ``runs:/``,
             ``models:/``, ``m-``): checked before measuring, attached after. A `model`
-            whose parameter count differs from the count in the source's record, or a
-            `generate` callable (no weights to count), gets a ``UserWarning`` (also kept
-            in the result's ``warnings``); so does an earlier eval the result replaces.
+            whose parameter count differs from the count in the source's record is
+            refused (``ValueError``) unless `force`; a `generate` callable (no weights to
+            count) gets a ``UserWarning`` (also kept in the result's ``warnings``); so
+            does an earlier eval the result replaces.
         meter: ``"auto"``, a meter name, or an `EnergyMeter` (closed when done).
         batch_sizes: Default 1, 4, 16, 64 (on a GPU x4 up to 1024, or the first that does
             not fit).
@@ -63,7 +64,10 @@ def measure_inference(model: Any = None, *,
         kv_cache: ``False`` recomputes the context even for a model with a cache.
         hardware: For the compute ceiling (``H100``, ``custom:TFLOPS:WATTS``...).
         flops_per_token: Inference FLOPs per token, for the compute ceiling.
-        log: Log to the source's LoggedModel (with `source`).
+        log: Log to the source's LoggedModel (with `source`); an unreachable tracking
+            server is refused before measuring unless ``log=False``.
+        force: Attach to `source` even a model whose parameter count differs from its
+            record's (a warning then).
         Other arguments: as the `depth eval` options of the same names.
 
     Returns:
@@ -73,8 +77,10 @@ def measure_inference(model: Any = None, *,
         ``logged_model``.
 
     Raises:
-        ValueError: One line: a bad argument, a source without a record, a model whose
-            forward gives no logits, a generate callable that stops early.
+        ValueError: One line: a bad argument, a source without a record or with another
+            parameter count (without `force`), an unreachable tracking server (with `log`),
+            a model whose forward gives no logits, or logits of the wrong shape or not
+            finite, a generate callable that stops early.
     """
     if (model is None) == (generate is None):
         raise ValueError("give a model or generate=, not both")
@@ -84,7 +90,8 @@ def measure_inference(model: Any = None, *,
                         dtype=dtype or ("bf16" if cuda else "fp32"), repeats=repeats,
                         min_window_s=min_window_s, idle_s=idle_s)
     target = resolve_target(source, tracking_uri, log) if source is not None else None
-    tie = target and tie_warning(target, None, count_parameters(model), "the measured model")
+    tie = target and tie_warning(target, None, count_parameters(model), "the measured model",
+                                 force)
     if tie:
         python_warning(tie)
     subject = model if generate is None else GenerateRunner(generate, kv_cache)

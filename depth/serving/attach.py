@@ -24,8 +24,16 @@ Warn = Callable[[str], None]  # takes one line: the CLI prints it, the API warns
 
 
 def python_warning(line: str) -> None:
-    """The default `Warn` of the Python API: a ``UserWarning`` saying ``depth: LINE``."""
-    warnings.warn(f"depth: {line}", stacklevel=3)
+    """The default `Warn` of the Python API: a ``UserWarning`` saying ``depth: LINE``,
+    pointing at the caller's line (the first frame outside the ``depth`` package), however
+    deep inside depth it was raised."""
+    import sys
+
+    level, frame = 2, sys._getframe(1)
+    while frame.f_back is not None and (
+            frame.f_globals.get("__name__", "").partition(".")[0] == "depth"):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(f"depth: {line}", stacklevel=level)
 
 
 @dataclass
@@ -71,18 +79,34 @@ def target_for(source: str, record: dict[str, Any], tracking_uri: str | None = N
     the one an MLflow source names, or (when `log` and the store answers) the one its
     record was published as."""
     from depth.tracking.sources import find_logged_model, is_mlflow_source
-    from depth.tracking.store import default_tracking_uri, unreachable
+    from depth.tracking.store import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
+    if log:
+        check_reachable(uri)
     if model_id is None and is_mlflow_source(source):
         from depth.tracking.sources import logged_model_id, reader_client, reading
 
         client, uri = reader_client(tracking_uri)
         with reading(source):
             model_id = logged_model_id(client, source)
-    elif model_id is None and log and record.get("record_sha256") and unreachable(uri) is None:
+    elif model_id is None and log and record.get("record_sha256"):
         model_id = find_logged_model(uri, record["record_sha256"])
     return Target(source, record, model_id, uri if model_id else None)
+
+
+def check_reachable(uri: str) -> None:
+    """Refuses a tracking server that does not answer, before anything is measured: the
+    result could not be logged, and MLflow's client would retry it for minutes.
+
+    Raises:
+        ValueError: One line naming the server (credentials redacted) and the way out.
+    """
+    from depth.tracking.store import redact, unreachable
+
+    if (why := unreachable(uri)) is not None:
+        raise ValueError(f"tracking server {redact(uri)} is unreachable ({why}): start it, "
+                         "or measure without MLflow (--no-log; log=False in Python)")
 
 
 def count_parameters(model: Any) -> int | None:
@@ -98,15 +122,21 @@ def count_parameters(model: Any) -> int | None:
 
 
 def tie_warning(target: Target, own_record: Mapping[str, Any] | None, parameters: int | None,
-                what: str = "the evaluated model") -> str | None:
+                what: str = "the evaluated model", force: bool = False) -> str | None:
     """One line when `what` cannot be tied to the trained model `target` names, else
-    ``None``.
+    ``None``; a parameter count that differs from the record's is refused unless `force`.
 
     Tied means: it carries that very record (same ``record_sha256``), or, carrying none,
     it has the parameter count that record states (weights change legitimately between
     training and serving: export, dtype, a server's own format, so their digest cannot be
     compared; the architecture's size can). A model carrying *another* record is refused
-    earlier, not warned about."""
+    earlier, not warned about.
+
+    Raises:
+        ValueError: `what` has another parameter count than the record states, and not
+            `force` (one line): it is most likely another model, and its figures would
+            replace the source's eval.
+    """
     record = target.record
     if own_record and own_record.get("record_sha256") == record.get("record_sha256"):
         return None
@@ -119,9 +149,12 @@ def tie_warning(target: Target, own_record: Mapping[str, Any] | None, parameters
                 f"({parameters:,} parameters) cannot be checked against it: the figures are "
                 "attached to it on your word")
     if parameters != expected:
-        return (f"warning: {what} has {parameters:,} parameters but {target.source}'s record "
-                f"states {expected:,}: it is probably not the model trained there (the "
-                "figures are attached to it anyway; check the source)")
+        said = (f"{what} has {parameters:,} parameters but {target.source}'s record states "
+                f"{expected:,}: it is probably not the model trained there")
+        if not force:
+            raise ValueError(f"{said}; check --source, or give --force (force=True in "
+                             "Python) to attach the figures to it anyway")
+        return f"warning: {said} (attached anyway: forced)"
     return None
 
 
@@ -192,8 +225,12 @@ def attach(result: dict[str, Any], target: Target, log: bool = True,
         result["parameters"] = record.get("parameters")
     result["break_even_tokens"] = (None if result["depth_joules"] is None
                                    else result["depth_joules"] / result["joules_per_token"])
-    result["logged_model"] = None
-    if not is_mlflow_source(target.source) and not target.source.startswith("hf:"):
+    result["logged_model"], result["written"] = None, None
+    result["not_logged"] = (None if log and target.model_id and target.tracking_uri else
+                            not_logged_reason(target, log))
+    beside = (bool(record) and not is_mlflow_source(target.source)
+              and not target.source.startswith("hf:"))  # no record: nothing to attach to
+    if beside:
         write_eval(result, target.source, warn)  # beside a file or a model folder
     elif log and target.model_id and target.tracking_uri:
         if replaced := previous_eval(target.source, target.model_id, target.tracking_uri):
@@ -202,22 +239,36 @@ def attach(result: dict[str, Any], target: Target, log: bool = True,
     if log and target.model_id and target.tracking_uri:
         log_inference_metrics(target.tracking_uri, target.model_id, result, record)
         result["logged_model"] = target.model_id
+        if beside:  # the file names the LoggedModel too, once it holds the figures
+            Path(result["written"]).write_text(json.dumps(result, indent=2))
     return result
 
 
+def not_logged_reason(target: Target, log: bool) -> str:
+    """Why a result attached to `target` goes to no LoggedModel, in words."""
+    if not target.record:
+        return "no training record: give --source, or source= in Python"
+    if not log:
+        return "--no-log"
+    return "no LoggedModel found for this model in the tracking store"
+
+
 def log_inference(result: Mapping[str, Any], source: str, tracking_uri: str | None = None,
-                  log: bool = True, trust: bool = False) -> dict[str, Any]:
+                  log: bool = True, trust: bool = False, force: bool = False
+                  ) -> dict[str, Any]:
     """Attaches a measured result (from `depth.measure_inference`, or `depth eval --json`)
     to the trained model at `source`, as `depth eval --source` does; `depth amortize` and
     `depth report` then use it. Returns the result with the source's figures added.
 
     The measured model's parameter count (``model_parameters``) is checked against the
-    source's record; a warning says when they differ, or when there is none (a generate
-    callable) to check.
+    source's record: when they differ it is refused unless `force` (then a warning); a
+    warning says when there is none (a generate callable) to check.
 
     Raises:
         OSError: A missing or unreadable checkpoint file.
-        ValueError: No record at `source`, or a result without ``joules_per_token`` (one line).
+        ValueError: No record at `source`, a result without ``joules_per_token``, another
+            parameter count than the record's (without `force`), or an unreachable
+            tracking server (with `log`) (one line).
     """
     value = result.get("joules_per_token")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -225,7 +276,8 @@ def log_inference(result: Mapping[str, Any], source: str, tracking_uri: str | No
                          "depth.measure_inference returned")
     target = resolve_target(source, tracking_uri, log, trust)
     out = dict(result)
-    if tie := tie_warning(target, None, out.get("model_parameters"), "the measured model"):
+    if tie := tie_warning(target, None, out.get("model_parameters"), "the measured model",
+                          force):
         out["warnings"] = [*out.get("warnings", []), tie]
         python_warning(tie)
     return attach(out, target, log)

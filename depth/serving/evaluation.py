@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,16 @@ from depth.serving.inference import EvalConfig, measure
 NOT_A_RECIPE = "not a depth recipe"  # why a model's held-out loss is not measured
 
 
-def loss_note(recipe_loader: bool, recipe: Mapping[str, Any] | None, batches: int) -> str:
-    """Why no held-out loss was measured: only a depth recipe names its held-out data."""
-    if not recipe_loader:
+HF_EXPORT = "Hugging Face folder: held-out loss needs the depth checkpoint"
+
+
+def loss_note(loader: str, recipe: Mapping[str, Any] | None, batches: int,
+              record: Mapping[str, Any] | None = None) -> str:
+    """Why no held-out loss was measured: only a depth recipe's checkpoint names its
+    held-out data (a folder `depth export` made carries the record, not the recipe)."""
+    if loader == "hf" and record:
+        return HF_EXPORT
+    if loader != "depth-recipe":
         return NOT_A_RECIPE
     if not recipe:
         return "the checkpoint names no recipe, so no held-out data"
@@ -187,7 +195,8 @@ def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: 
              progress: Callable[[str], None] | None = None, model_class: str | None = None,
              attach_to: str | None = None, context_tokens: int | None = None,
              kv_cache: bool | None = None, warn: Warn = python_warning,
-             on_start: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+             on_start: Callable[[dict[str, Any]], None] | None = None,
+             force: bool = False) -> dict[str, Any]:
     """Measures the model at `source`; returns one JSON-ready object (see `depth eval`).
 
     Args:
@@ -202,6 +211,8 @@ def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: 
         warn: Gets each warning line: a model that cannot be tied to `attach_to`'s record
             (said before measuring), a previous eval the result replaces.
         on_start: Gets the heading's facts before measuring (see `measure_result`).
+        force: Attach to `attach_to` even a model whose parameter count differs from
+            its record's (else refused before measuring).
     """
     from depth.serving.attach import tie_warning
     from depth.serving.models import ModelRequest, load_model
@@ -209,7 +220,8 @@ def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: 
     loaded = load_model(ModelRequest(source, model_class, tracking_uri, trust,
                                      find_in_mlflow=log and attach_to is None))
     target = _target_of(loaded, source, attach_to, tracking_uri, log, trust)  # before measuring
-    tie = attach_to and tie_warning(target, loaded.record, count_parameters(loaded.module))
+    tie = attach_to and tie_warning(target, loaded.record, count_parameters(loaded.module),
+                                    force=force)
     if tie:
         warn(tie)
     loss = held_out_loss(loaded.module, loaded.recipe, loss_batches)
@@ -218,30 +230,52 @@ def evaluate(source: str, config: EvalConfig, device: str | None = None, meter: 
                             flops_per_token=loaded.flops_per_token,
                             context_tokens=context_tokens, kv_cache=kv_cache,
                             progress=progress, on_start=on_start,
-                            loss_note=loss_note(loaded.loader == "depth-recipe",
-                                                loaded.recipe, loss_batches))
+                            loss_note=loss_note(loaded.loader, loaded.recipe, loss_batches,
+                                                loaded.record))
     result.update(model=source, model_class=model_class, loader=loaded.loader,
                   warnings=[tie] if tie else [])
     return attach(result, target, log, warn)
 
 
-def inference_j_per_token(source: str, tracking_uri: str | None = None
-                          ) -> tuple[float, str, bool]:
+def _logged_model_of(source: str, tracking_uri: str | None, record_sha256: str | None
+                     ) -> tuple[Any, str] | None:
+    """(an ``MlflowClient``, the LoggedModel id) of `source`: the one an MLflow source names,
+    or the one a checkpoint's record was published as (when a store is there to ask: the
+    default store is not created for the question)."""
+    from mlflow import MlflowClient
+
+    from depth.tracking.sources import find_logged_model, is_mlflow_source, logged_model_id
+    from depth.tracking.store import DEFAULT_STORE_DIR, default_tracking_uri, unreachable
+
+    if is_mlflow_source(source):
+        client = MlflowClient(tracking_uri or default_tracking_uri())
+        return client, logged_model_id(client, source)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None and (DEFAULT_STORE_DIR / "mlflow.db").is_file():
+        uri = default_tracking_uri()
+    if uri is not None and uri.startswith("sqlite:///") and not Path(
+            uri[len("sqlite:///"):]).is_file():
+        return None  # no store there yet: nothing to find, and none is made by asking
+    if not record_sha256 or uri is None or unreachable(uri) is not None:
+        return None
+    model_id = find_logged_model(uri, record_sha256)
+    return (MlflowClient(uri), model_id) if model_id else None
+
+
+def inference_j_per_token(source: str, tracking_uri: str | None = None,
+                          record_sha256: str | None = None) -> tuple[float, str, bool]:
     """The latest inference J/token `depth eval` found for a model, where it was found (the
-    eval file next to a checkpoint, or the newest ``inference/joules_per_token`` metric of
-    its LoggedModel), and whether a sensor measured it (``False`` for an estimate)."""
+    eval file next to a checkpoint, else the newest ``inference/joules_per_token`` metric of
+    its LoggedModel: the one an MLflow source names, or for a checkpoint the one its record,
+    `record_sha256`, was published as), and whether a sensor measured it (``False`` for
+    an estimate)."""
     saved = eval_file(source)
     if saved.is_file():
         j_per_token, measured = _eval_file_j_per_token(saved, source)
         return j_per_token, str(saved), measured
-    if source.startswith(("runs:/", "models:/", "m-")):
-        from mlflow import MlflowClient
-
-        from depth.tracking.sources import logged_model_id
-        from depth.tracking.store import default_tracking_uri
-
-        client = MlflowClient(tracking_uri or default_tracking_uri())
-        model = client.get_logged_model(logged_model_id(client, source))
+    if found := _logged_model_of(source, tracking_uri, record_sha256):
+        client, model_id = found
+        model = client.get_logged_model(model_id)
         evals = [m for m in model.metrics or [] if m.key == "inference/joules_per_token"]
         if evals:  # every eval appends one; the newest is current
             latest = max(evals, key=lambda m: (m.timestamp, m.step))
@@ -297,7 +331,8 @@ def amortize_source(source: str, served_tokens: float | None, tokens_per_day: fl
 
     record = read_provenance(source, tracking_uri=tracking_uri)
     if joules_per_token is None:
-        joules_per_token, where, measured = inference_j_per_token(source, tracking_uri)
+        joules_per_token, where, measured = inference_j_per_token(source, tracking_uri,
+                                                                  record.record_sha256)
         origin = "measured" if measured else "estimated"
     else:
         where, measured, origin = "supplied with --joules-per-token", False, "supplied"

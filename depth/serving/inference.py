@@ -41,6 +41,7 @@ import torch
 
 from depth.serving.adapters import RecomputeRunner, Runner, runner_for
 from depth.serving.physics import J_PER_WH
+from depth.serving.table import attempts_text, spread_text
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MAX_BATCH_SIZE = 65_536  # beyond any sweep that fits; a typo of 1e11 must not reach malloc
@@ -132,6 +133,7 @@ class EvalResult:
     context_tokens: int | None = None  # the model's longest context, when it says
     cropped: bool = False  # prompt + new tokens exceeded it: the context was cropped
     generation: str = "forward"  # forward (depth's greedy loop) or generate (the user's)
+    max_spread: float | None = None  # the max/min ratio above which a batch is unstable
 
     @property
     def best(self) -> BatchResult:
@@ -233,6 +235,10 @@ def measure(model: Any, read: Reader, config: EvalConfig, vocab_size: int | None
     device = torch.device(device)
     if isinstance(runner, RecomputeRunner) and isinstance(runner.model, torch.nn.Module):
         runner.model = runner.model.to(device=device, dtype=DTYPES[config.dtype]).eval()
+    if isinstance(runner, RecomputeRunner):  # wrong logits would be measured silently
+        with torch.inference_mode():
+            runner.check(torch.zeros(2, config.prompt_tokens, dtype=torch.long,
+                                     device=device))
     if vocab_size is None:
         if not isinstance(runner, RecomputeRunner):
             raise ValueError("give vocab_size with a generate callable (depth cannot read "
@@ -258,8 +264,9 @@ def measure(model: Any, read: Reader, config: EvalConfig, vocab_size: int | None
             break
         results.append(result)
         if progress is not None:
-            flag = (f"; UNSTABLE: repeats spread x{result.spread_ratio:.3g} after "
-                    f"{result.attempts} attempts" if result.unstable else "")
+            flag = (f"; UNSTABLE: repeats spread "
+                    f"{spread_text(result.spread_ratio, config.max_spread)} "
+                    f"{attempts_text(result.attempts)}" if result.unstable else "")
             progress(f"batch {batch_size:>4}: {result.tokens_per_wh:,.0f} tokens/Wh "
                      f"({result.joules:.3g} J for {result.tokens} tokens{flag})")
     if not results:
@@ -270,7 +277,8 @@ def measure(model: Any, read: Reader, config: EvalConfig, vocab_size: int | None
                       kv_cache=runner.kv_cache, context_tokens=context,
                       cropped=context is not None
                       and config.prompt_tokens + config.new_tokens > context,
-                      generation="forward" if runner.splits else "generate")
+                      generation="forward" if runner.splits else "generate",
+                      max_spread=config.max_spread)
 
 
 def _measure_batch(runner: Any, prompt: torch.Tensor, read: Reader, config: EvalConfig,

@@ -119,6 +119,11 @@ def import_class(spec: str) -> Any:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"--model-class takes package.module:Class (got {spec!r})")
+    if module_name.endswith(".py") or "/" in module_name or "\\" in module_name:
+        dotted = module_name.removesuffix(".py").replace("\\", "/").strip("./")
+        dotted = ".".join(part for part in dotted.split("/") if part not in ("", "."))
+        raise ValueError(f"--model-class {spec}: use module:Class ({dotted}:{attr}), not a "
+                         "file path; run from the folder that holds the module")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:

@@ -29,6 +29,24 @@ def generation_line(result: Mapping[str, Any]) -> str:
     return f"  generation: {how}"
 
 
+def spread_text(ratio: float, max_spread: float | None = None) -> str:
+    """``xRATIO`` with enough digits that it never reads as the `max_spread` it was
+    compared with (x1.253, not x1.25, at --max-spread 1.25)."""
+    text = f"x{ratio:.3g}"
+    for digits in range(3, 8):
+        text = f"x{ratio:.{digits}g}"
+        if max_spread is None or ratio == max_spread or (
+                float(text[1:]) != max_spread and (float(text[1:]) > max_spread) == (
+                    ratio > max_spread)):
+            break
+    return text
+
+
+def attempts_text(attempts: int) -> str:
+    """``in its one attempt`` or ``in each of N attempts``."""
+    return "in its one attempt" if attempts == 1 else f"in each of {attempts} attempts"
+
+
 def _batch_rows(result: Mapping[str, Any]) -> list[str]:
     rows = [f"  {'batch':>6} {'tokens':>8} {'joules':>10} {'seconds':>9} {'tokens/Wh':>12} "
             f"{'(min-max)':>21} {'net tok/Wh':>11} {'prefill J':>10} {'decode J':>10} "
@@ -36,7 +54,8 @@ def _batch_rows(result: Mapping[str, Any]) -> list[str]:
     for b in result["batches"]:
         low, high = b["tokens_per_wh_spread"]
         net = "-" if b["net_tokens_per_wh"] is None else f"{b['net_tokens_per_wh']:,.0f}"
-        spread = f"x{b['spread_ratio']:.3g}" + (" UNSTABLE" if b["unstable"] else "")
+        spread = spread_text(b["spread_ratio"], result.get("max_spread")) + (
+            " UNSTABLE" if b["unstable"] else "")
         rows.append(f"  {b['batch_size']:>6} {b['tokens']:>8} {b['joules']:>10.4g} "
                     f"{b['seconds']:>9.4f} {b['tokens_per_wh']:>12,.0f} "
                     f"{f'{low:,.0f}-{high:,.0f}':>21} {net:>11} "
@@ -45,8 +64,9 @@ def _batch_rows(result: Mapping[str, Any]) -> list[str]:
     for b in result["batches"]:
         if b["unstable"]:
             rows.append(f"  UNSTABLE batch {b['batch_size']}: its {b['repeats']} repeats spread "
-                        f"x{b['spread_ratio']:.3g} (max/min) in each of {b['attempts']} "
-                        "attempts; its figures are not reliable (a busy machine?)")
+                        f"{spread_text(b['spread_ratio'], result.get('max_spread'))} "
+                        f"(max/min) {attempts_text(b['attempts'])}; its figures are not "
+                        "reliable (a busy machine?)")
     if result.get("stopped"):
         rows.append(f"  sweep stopped: {result['stopped']}")
     return rows
@@ -71,7 +91,7 @@ def _physics_rows(result: Mapping[str, Any]) -> list[str]:
                     f"{phys['landauer_j_per_token']:.3g} J/token; measured is "
                     f"{phys['landauer_ratio']:.3g} times that")
     elif phys.get("held_out_loss_nats") is None:
-        rows.append(f"  loss: {phys.get('loss') or 'not measured'} (so no Landauer bound)")
+        rows.append(f"  loss: {phys.get('loss') or 'not measured'}, so no Landauer bound")
     return rows
 
 
@@ -80,7 +100,10 @@ def eval_heading(facts: Mapping[str, Any]) -> str:
     result, or what `measure_result` hands ``on_start`` before measuring (with ``source``
     and ``model``), so that the CLI prints the heading before the progress lines."""
     measured = "measured" if facts["measured"] else "ESTIMATED: no sensor"
-    rows = [f"depth eval: {facts.get('source') or facts.get('model') or 'model'}  "
+    model, source = facts.get("model"), facts.get("source")
+    named = (f"{model} (attached to {source})" if model and source and model != source
+             else source or model or "model")
+    rows = [f"depth eval: {named}  "
             f"({facts['device']}, {facts['dtype']}, {facts['method']}, {measured})"]
     if facts.get("uncertainty"):
         rows.append(f"  uncertainty +/-{facts['uncertainty']['relative']:.0%} on every energy "
@@ -106,9 +129,12 @@ def format_eval(result: Mapping[str, Any], heading: bool = True) -> str:
     elif result.get("train_joules") is None:
         rows.append("  break-even: no training record for this model (it carries none: name "
                     "the trained one with --source, or source= in Python)")
-    if "logged_model" in result:
+    if str(result.get("not_logged")).startswith("no training record"):
+        rows.append("  not attached (no training record: give --source)")
+    elif "logged_model" in result:
         where = (f"logged on LoggedModel {result['logged_model']}" if result["logged_model"]
-                 else "not logged to MLflow (no LoggedModel found for this checkpoint)")
+                 else "not logged to MLflow ("
+                 f"{result.get('not_logged') or 'no LoggedModel found for this model'})")
         rows.append(f"  {where}" + (f"; written to {result['written']}"
                                     if result.get("written") else ""))
     else:

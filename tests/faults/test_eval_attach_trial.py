@@ -70,12 +70,18 @@ def test_source_ties_and_replacements_are_said_in_one_line_each(trained):
     assert "warning" not in text  # the same parameter count as the record states: tied
     first = json.loads(Path(ckpt + ".depth-eval.json").read_text())
     assert first["model"] == exported and first["model_parameters"] == first["parameters"]
-    status, text = merged("eval", other, "--source", ckpt, *FAST)
+    status, text = merged("eval", other, "--source", ckpt, *FAST)  # probably another model
+    assert status == 2 and len(text.splitlines()) == 1, text
+    assert text.startswith("depth eval: the evaluated model has ") and (
+        f"{ckpt}'s record states" in text and "give --force" in text)
+    assert json.loads(Path(ckpt + ".depth-eval.json").read_text()) == first  # kept
+    status, text = merged("eval", other, "--source", ckpt, "--force", *FAST)
     assert status == 0, text
     lines = text.splitlines()
     tie = [line for line in lines if "parameters but" in line]
     assert len(tie) == 1 and tie[0].startswith("depth eval: warning: the evaluated model has ")
     assert f"{ckpt}'s record states" in tie[0] and "probably not the model" in tie[0]
+    assert "attached anyway: forced" in tie[0]
     replaced = [line for line in lines if "replaced the previous eval" in line]
     assert len(replaced) == 1, text
     assert f"attached to {ckpt}: {exported} measured on {first['measured_at']}" in replaced[0]
@@ -89,12 +95,18 @@ def test_the_python_api_warns_the_same(trained):
 
     _, ckpt, _, other = trained
     model = transformers.AutoModelForCausalLM.from_pretrained(other)
+    fast = dict(batch_sizes=[1], prompt_tokens=4, new_tokens=2, repeats=1, min_window_s=0,
+                idle_s=0, meter="estimate", log=False)
+    with pytest.raises(ValueError, match=r"the measured model has [\d,]+ parameters but .*"
+                       r"record states .*force=True"):
+        measure_inference(model, source=ckpt, **fast)
     with pytest.warns(UserWarning, match=r"depth: warning: the measured model has [\d,]+ "
-                      r"parameters but .*record states"):
-        result = measure_inference(model, source=ckpt,
-                                   batch_sizes=[1], prompt_tokens=4, new_tokens=2, repeats=1,
-                                   min_window_s=0, idle_s=0, meter="estimate", log=False)
+                      r"parameters but .*record states") as said:
+        result = measure_inference(model, source=ckpt, force=True, **fast)
+    assert {w.filename for w in said} == {__file__}  # the caller's line, not depth's
     assert result["warnings"][0].startswith("warning: the measured model has")
+    with pytest.raises(ValueError, match="give --force"):
+        log_inference(result, ckpt, log=False)
     with pytest.warns(UserWarning, match="cannot be checked against"):
         log_inference({**result, "model_parameters": None}, ckpt, log=False)
     with warnings.catch_warnings(record=True) as caught:  # the record's own size: tied
@@ -102,6 +114,7 @@ def test_the_python_api_warns_the_same(trained):
         log_inference({**result, "model_parameters": result["parameters"]}, ckpt, log=False)
     said = [str(w.message) for w in caught]
     assert len(said) == 1 and said[0].startswith("depth: replaced the previous eval"), said
+    assert caught[0].filename == __file__  # raised deep in depth, pointing here
 
 
 def test_amortize_of_a_model_folder_without_depth_json_says_so(trained, capsys):
@@ -121,8 +134,9 @@ def test_the_heading_comes_before_the_progress_lines(trained, form):
             "model-class": [ckpt, "--model-class", "depth.gpt.module:GPTModule"]}[form]
     status, text = merged("eval", *argv, *FAST)
     assert status == 0, text
-    heading = text.index(f"depth eval: {ckpt}  (cpu, fp32, estimate")
-    assert text.count(f"depth eval: {ckpt}  (") == 1  # printed once, not again with the table
+    named = f"{exported} (attached to {ckpt})" if form == "hf-dir" else ckpt
+    heading = text.index(f"depth eval: {named}  (cpu, fp32, estimate")
+    assert text.count(f"depth eval: {named}  (") == 1  # printed once, not again with the table
     assert 0 <= heading < PROGRESS.search(text).start() < text.index("  best: batch 1")
 
 
@@ -133,8 +147,21 @@ def test_a_model_without_a_recipe_says_its_loss_was_not_measured(trained, capsys
     assert physics["held_out_loss_nats"] is None
     assert physics["loss"] == "not measured (not a depth recipe)"
     assert main(["eval", other, *FAST]) == 0
-    assert "  loss: not measured (not a depth recipe) (so no Landauer bound)" in (
-        capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert "  loss: not measured (not a depth recipe), so no Landauer bound" in out
+    assert "  not attached (no training record: give --source)" in out
+    assert not Path(other + ".depth-eval.json").exists()  # a record-less model: never beside
     assert main(["eval", ckpt, *FAST]) == 0  # depth's GPT, saved without its recipe
     assert "loss: not measured (the checkpoint names no recipe, so no held-out data)" in (
         capsys.readouterr().out)
+
+
+def test_an_exported_folder_says_why_its_loss_is_not_measured(trained, capsys):
+    root, ckpt, _, _ = trained
+    folder = root / "exported-with-record"
+    assert main(["export", ckpt, str(folder)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(folder), *FAST, "--json"]) == 0
+    physics = json.loads(capsys.readouterr().out)["physics"]
+    assert physics["loss"] == ("not measured (Hugging Face folder: held-out loss needs the "
+                               "depth checkpoint)")

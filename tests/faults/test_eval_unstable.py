@@ -127,4 +127,5 @@ def test_a_bad_spread_bound_is_one_line(capsys):
 
     assert main(["eval", "nowhere.ckpt", "--max-spread", "0.9"]) == 2
     err = capsys.readouterr().err
-    assert "max_spread" in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("depth eval: --max-spread takes") and "(got 0.9)" in err
+    assert len(err.strip().splitlines()) == 1

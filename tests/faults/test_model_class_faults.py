@@ -42,6 +42,8 @@ def eval_cli(capsys, *argv):
     ("tests.support.no_such_module:Model", "cannot import tests.support.no_such_module"),
     ("tests.support.outsider_gpt:Nope", "has no Nope"),
     ("tests.support.outsider_gpt:GPT", "not a LightningModule"),
+    ("./tests/support/outsider_gpt.py:LitNanoGPT",
+     "use module:Class (tests.support.outsider_gpt:LitNanoGPT), not a file path"),
 ])
 def test_a_wrong_class_is_refused_before_the_checkpoint_is_read(spec, says, capsys, tmp_path):
     status, _, err = eval_cli(capsys, str(tmp_path / "absent.ckpt"), "--model-class", spec)
@@ -90,7 +92,7 @@ def test_a_model_without_a_record_needs_a_source_and_attaches_to_it(trained, cap
     status, out, err = eval_cli(capsys, str(bare), "--model-class", CLASS, "--source", step4,
                                 "--tracking-uri", uri)
     assert status == 0, err
-    assert f"depth eval: {step4}" in out and "no KV cache" in out  # the table, printed
+    assert f"depth eval: {bare} (attached to {step4})" in out and "no KV cache" in out
     assert not Path(str(bare) + ".depth-eval.json").exists()
     saved = json.loads(Path(step4 + ".depth-eval.json").read_text())
     assert saved["model"] == str(bare) and saved["record_sha256"] == record["record_sha256"]

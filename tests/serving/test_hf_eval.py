@@ -50,8 +50,8 @@ def test_eval_of_a_model_folder_measures_it_with_its_own_shape(gpt2_dir, capsys)
     assert result["physics"]["flops_per_token"] == 2 * n + 4 * 2 * 32 * 64
     # no depth.json beside it: no training side, said rather than invented
     assert result["train_joules"] is None and result["break_even_tokens"] is None
-    saved = json.loads((gpt2_dir.parent / "tiny-gpt2.depth-eval.json").read_text())
-    assert saved["tokens_per_wh"] == result["tokens_per_wh"]
+    assert result["written"] is None  # nothing to attach to: never beside the folder
+    assert not (gpt2_dir.parent / "tiny-gpt2.depth-eval.json").exists()
 
 
 def test_the_hub_path_loads_a_local_folder_and_writes_nothing_beside_it(gpt2_dir, capsys,
