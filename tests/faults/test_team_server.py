@@ -109,6 +109,7 @@ def team(team_server, tmp_path_factory):
         _sync_if_spooled(roots["env"])  # what a busy server answered too late for
     with environment(MLFLOW_TRACKING_URI=server.as_user(ALICE, ALICE_PASSWORD)):
         callback = fit(roots["uri"], experiment_name="team-b", log_checkpoints=True)
+        assert callback.wait_for_tracking()  # the own run's writer finishes after fit
         runs["uri"] = (roots["uri"], callback.sinks.own_run[1])
         direct["uri"] = _points(server, runs["uri"][1])
         _sync_if_spooled(roots["uri"])

@@ -52,9 +52,14 @@ def main() -> None:
     t0 = time.perf_counter()
     trainer.fit(TinyLM(step_sleep_s=args.sleep), loader(n=4 * args.steps))
     fit_s = time.perf_counter() - t0
+    # The own run's writer finishes after fit returns (depth.tracking.handoff): the fit's
+    # time above is what training paid; wait here so the run is complete when we exit.
+    tracking_done = callback.wait_for_tracking()
+    writer_s = time.perf_counter() - t0 - fit_s
     own_run = callback.sinks.own_run
     (root / "summary.json").write_text(json.dumps({
-        "fit_s": fit_s, "steps": trainer.global_step,
+        "fit_s": fit_s, "writer_after_fit_s": writer_s, "tracking_done": tracking_done,
+        "steps": trainer.global_step,
         "run_id": own_run[1] if own_run else None,
         "logged_models": callback.logged_models}))
 
