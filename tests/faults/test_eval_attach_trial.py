@@ -19,6 +19,7 @@ from depth import DepthCallback
 from depth.cli import main
 from depth.gpt.module import GPTModule
 from tests.doubles.meters import ClockMeter
+from tests.support.lightning_models import ByteData
 from tests.support.merged_cli import merged
 
 transformers = pytest.importorskip("transformers")  # the [hf] extra; in .ci's [test] too
@@ -26,17 +27,6 @@ transformers = pytest.importorskip("transformers")  # the [hf] extra; in .ci's [
 FAST = ["--batch-sizes", "1", "--prompt-tokens", "4", "--new-tokens", "3", "--repeats", "1",
         "--min-window-s", "0", "--idle-s", "0", "--meter", "estimate", "--no-log"]
 PROGRESS = re.compile(r"^  batch +1: ", re.M)
-
-
-class ByteData(torch.utils.data.Dataset):
-    def __init__(self) -> None:
-        self.data = torch.randint(0, 256, (8, 17), generator=torch.Generator().manual_seed(0))
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.data[i, :-1], "labels": self.data[i, 1:]}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +40,7 @@ def trained(tmp_path_factory):
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=root,
                          callbacks=[DepthCallback(ClockMeter(), tracking=False)])
-    trainer.fit(module, DataLoader(ByteData(), batch_size=4))
+    trainer.fit(module, DataLoader(ByteData(8), batch_size=4))
     ckpt = root / "model.ckpt"
     trainer.save_checkpoint(ckpt)
     exported = root / "exported"

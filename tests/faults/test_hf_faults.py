@@ -14,19 +14,9 @@ from depth import DepthCallback
 from depth.cli import main
 from depth.gpt.module import GPTModule
 from tests.doubles.meters import ClockMeter
+from tests.support.lightning_models import ByteData
 
 transformers = pytest.importorskip("transformers")  # the [hf] extra; in .ci's [test] too
-
-
-class ByteData(torch.utils.data.Dataset):
-    def __init__(self) -> None:
-        self.data = torch.randint(0, 256, (16, 17), generator=torch.Generator().manual_seed(0))
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.data[i, :-1], "labels": self.data[i, 1:]}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +30,7 @@ def checkpoint(tmp_path_factory):
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=root,
                          callbacks=[DepthCallback(ClockMeter(), tracking=False)])
-    trainer.fit(module, DataLoader(ByteData(), batch_size=4))
+    trainer.fit(module, DataLoader(ByteData(16), batch_size=4))
     path = root / "model.ckpt"
     trainer.save_checkpoint(path)
     return path

@@ -23,6 +23,20 @@ class TokenData(Dataset):
         return {"input_ids": self.data[i, :-1], "labels": self.data[i, 1:]}
 
 
+class ByteData(Dataset):
+    """`n` random byte sequences of 16 tokens as ``input_ids``/``labels`` (a depth GPT's
+    batch), seeded."""
+
+    def __init__(self, n: int = 16) -> None:
+        self.data = torch.randint(0, 256, (n, 17), generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.data[i, :-1], "labels": self.data[i, 1:]}
+
+
 class TinyLM(LightningModule):
     """An embedding and a linear head: a language model in miniature."""
 
