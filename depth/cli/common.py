@@ -21,8 +21,27 @@ class OneLineParser(ArgumentParser):
     def error(self, message: str, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         prog = self.prog.replace(" [options]", "")
         text = one_line(message)
+        if (named := self._required_names(text)) is not None:  # jsonargparse's "cmd.dest"
+            prog, text = named
         print(f"{prog}: {text} (see {prog} --help)", file=sys.stderr)
         raise SystemExit(2)
+
+    def _required_names(self, text: str) -> tuple[str, str] | None:
+        """("depth CMD", "missing: --option, NAME") for jsonargparse's "the following
+        arguments are required: CMD.dest, ..." (its names are internal keys)."""
+        head = "the following arguments are required: "
+        subcommands = getattr(self, "_subcommands_action", None)
+        if not text.startswith(head) or subcommands is None:
+            return None
+        names, command = [], None
+        for key in text.removeprefix(head).split(", "):
+            command, _, dest = key.partition(".")
+            parser = subcommands._name_parser_map.get(command)
+            action = next((a for a in getattr(parser, "_actions", []) if a.dest == dest), None)
+            if action is None:
+                return None
+            names.append(action.option_strings[-1] if action.option_strings else dest.upper())
+        return f"depth {command}", f"missing {', '.join(names)}"
 
 
 @dataclass(frozen=True)

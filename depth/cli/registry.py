@@ -19,6 +19,8 @@ def declare_register(p: ArgumentParser) -> None:
     p.add_argument("--tracking-uri", type=str, default=None,
                    help="The MLflow store (default: MLFLOW_TRACKING_URI, else "
                    "sqlite:///mlruns/mlflow.db).")
+    p.add_argument("--trust", action="store_true",
+                   help="Load Python objects stored in the checkpoint (runs code from it).")
 
 
 def run_register(args: Namespace) -> int:
@@ -27,7 +29,7 @@ def run_register(args: Namespace) -> int:
 
     checks.tracking_uri("tracking-uri", args.tracking_uri)
     try:
-        made = register_source(args.source, args.name, args.tracking_uri)
+        made = register_source(args.source, args.name, args.tracking_uri, args.trust)
     except (OSError, ValueError) as err:
         print(f"depth register: {one_line(err)}", file=sys.stderr)
         return 2

@@ -43,7 +43,7 @@ def version_link(tracking_uri: str, name: str, version: str) -> str:
             f"{redact(tracking_uri)}`)")
 
 
-def model_of_source(client: Any, tracking_uri: str, source: str) -> str:
+def model_of_source(client: Any, tracking_uri: str, source: str, trust: bool = False) -> str:
     """The LoggedModel id behind `source`.
 
     Raises:
@@ -59,7 +59,7 @@ def model_of_source(client: Any, tracking_uri: str, source: str) -> str:
             model_id = logged_model_id(client, source)
             client.get_logged_model(model_id)  # exists
         return model_id
-    record = read_provenance(source)
+    record = read_provenance(source, trust=trust)
     with reading(source):
         model_id = find_model(client, None, record.record_sha256)
     if model_id is None:
@@ -69,7 +69,8 @@ def model_of_source(client: Any, tracking_uri: str, source: str) -> str:
     return model_id
 
 
-def register_source(source: str, name: str, tracking_uri: str | None = None) -> Registered:
+def register_source(source: str, name: str, tracking_uri: str | None = None,
+                    trust: bool = False) -> Registered:
     """Registers the LoggedModel behind `source` as a new version of `name`.
 
     Raises:
@@ -82,7 +83,7 @@ def register_source(source: str, name: str, tracking_uri: str | None = None) -> 
     if not name.strip():
         raise ValueError("NAME is empty: give the registered model's name, e.g. tiny-gpt")
     client, uri = reader_client(tracking_uri)
-    model_id = model_of_source(client, uri, source)
+    model_id = model_of_source(client, uri, source, trust)
     with reading(f"NAME {name!r}"):
         version = register_model(model_id, name, client=client)
     return Registered(name, str(version.version), model_id,

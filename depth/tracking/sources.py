@@ -44,9 +44,23 @@ def reader_client(tracking_uri: str | None = None) -> tuple[Any, str]:
     from depth.tracking.store import default_tracking_uri, redact, unreachable
 
     uri = tracking_uri or default_tracking_uri()
+    if (missing := missing_sqlite_store(uri)) is not None:  # MLflow would create it, empty
+        raise ValueError(f"no MLflow store at {missing} (the file does not exist): check "
+                         "--tracking-uri or MLFLOW_TRACKING_URI")
     if (why := unreachable(uri)) is not None:
         raise ValueError(f"tracking server {redact(uri)} is unreachable ({why})")
     return MlflowClient(uri), uri
+
+
+def missing_sqlite_store(uri: str) -> str | None:
+    """The path of a ``sqlite:///`` store whose file does not exist, else ``None``: a
+    command that only reads must not leave a new empty database behind a typo."""
+    from pathlib import Path
+
+    if not uri.startswith("sqlite:///") or ":memory:" in uri:
+        return None
+    path = uri.removeprefix("sqlite:///").split("?")[0]
+    return None if Path(path).exists() else path
 
 
 PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
