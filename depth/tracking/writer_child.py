@@ -80,6 +80,19 @@ def _with_retry(write: Callable[[], object], budget_s: float) -> bool:
             delay = min(delay * 2, 10.0)
 
 
+def _client(make: Callable[..., Any], uri: str, attempts: int = 6) -> Any:
+    """The store's client. Two writers that open a new SQLite store at once race in
+    MLflow's table creation ("duplicate column name"): the loser tries again, when the
+    tables are there."""
+    for attempt in range(attempts):
+        try:
+            return make(tracking_uri=uri)
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
 def _publish(client: Any, run_id: str, event: dict[str, Any], models: list[list[Any]]) -> None:
     from depth.tracking.publish import publish_event
 
@@ -110,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=_read_ahead, args=(lines,), daemon=True).start()
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
+    client = _client(MlflowClient, uri)
     new_run = json.loads(os.environ[NEW_RUN_ENV]) if run_id == "-" else None
     run_id = _open_run(uri, new_run, retry_s) if new_run is not None else run_id
     _send({"ready": True})

@@ -39,7 +39,7 @@ def test_two_reports_update_one_report_run(trained, tmp_path, capsys):
     names = sorted(a.path for a in client.list_artifacts(run_id, "depth-report"))
     assert names == sorted(f"depth-report/{n}" for n in (
         "cumulative_joules.png", "tokens_per_wh_by_batch.png", "amortization.png",
-        "models.csv"))
+        "models.csv", "search.json"))
     history = client.get_metric_history(run_id, "report/models")
     assert [m.step for m in history] == [0, 1] and history[-1].value == 1.0
     assert runs[0].data.metrics["report/kept_depth_joules"] > 0
