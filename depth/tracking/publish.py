@@ -38,8 +38,9 @@ def depth_tags(record: Mapping[str, Any]) -> dict[str, str]:
             continue
         if field == "train_kwh" and value is None and "train_joules" in record:
             value = record["train_joules"] / 3.6e6
+        # floats in full (repr round-trips): search attribution adds these tags back up
         tags[f"depth.{field}"] = "unknown" if value is None else (
-            f"{value:.6g}" if isinstance(value, float) else str(value))
+            repr(value) if isinstance(value, float) else str(value))
     return tags
 
 

@@ -138,6 +138,11 @@ def test_register_bad_input_is_one_line(trained, capsys, source, name, says):
 def test_register_a_checkpoint_the_store_never_saw_is_one_line(trained, capsys, tmp_path):
     _, ckpt, _, _ = trained
     other = f"sqlite:///{tmp_path}/empty.db"
+    # a store file that does not exist is refused, not created
+    status, _, err = cli(capsys, "register", ckpt, "x", "--tracking-uri", other)
+    assert status == 2 and "no MLflow store at" in err and "does not exist" in err
+    assert not (tmp_path / "empty.db").exists()
+    MlflowClient(other).search_experiments()  # an existing store that never saw this record
     status, _, err = cli(capsys, "register", ckpt, "x", "--tracking-uri", other)
     assert status == 2 and "its record was never published to" in err
     # (MLflow itself logs that it created the empty store's tables: its lines, not ours)
