@@ -47,7 +47,9 @@ def numbers(meter: ScriptedMeter) -> list[float]:
 
 
 def test_nan_readings_are_bridged_never_sealed_into_the_record(tmp_path):
-    meter = ScriptedMeter([0.0, 10.0, 20.0, math.nan, math.nan, 50.0])
+    # ~1 mJ per read before the NaNs, 48 J after: the bridge (last power x gap) stays far
+    # below the counter however slow the machine, so the counter's value is what counts
+    meter = ScriptedMeter([0.0, 0.001, 0.002, math.nan, math.nan, 50.0])
     trainer, _ = fit(meter, tmp_path)
     record = provenance_from_checkpoint(checkpoint_of(trainer))
     assert math.isfinite(record.train_joules) and record.train_joules > 0

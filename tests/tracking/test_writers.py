@@ -52,7 +52,7 @@ def test_writer_process_death_loses_nothing(sqlite_run):
     assert steps_of(client, run_id, "energy/joules") == list(range(1, 201))
     assert [step for step, _ in writer.models] == [200]  # the record went through too
     model = client.get_logged_model(writer.models[0][1])
-    assert model.tags["depth.train_joules"] == "200"
+    assert model.tags["depth.train_joules"] == "200.0"  # every digit kept (repr)
 
 
 def test_closing_before_the_writer_is_ready_writes_here_without_waiting(sqlite_run):
