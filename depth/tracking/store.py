@@ -160,8 +160,13 @@ def artifacts_beside(uri: str) -> str | None:
 
 
 def open_run(experiment_name: str, run_name: str | None = None,
-             tracking_uri: str | None = None) -> tuple[str, str]:
-    """Creates a run (and its experiment if needed); returns (tracking URI, run id)."""
+             tracking_uri: str | None = None, token: str | None = None) -> tuple[str, str]:
+    """Creates a run (and its experiment if needed); returns (tracking URI, run id).
+
+    With a `token` (tagged ``depth.open_token``), a run already created with it is returned
+    instead: a retry after a request that timed out on a busy server, which may have created
+    the run all the same, does not leave a second, empty run.
+    """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -178,7 +183,14 @@ def open_run(experiment_name: str, run_name: str | None = None,
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
             experiment_id = client.get_experiment_by_name(experiment_name).experiment_id
-    run = client.create_run(experiment_id, run_name=run_name, tags={"depth.own_run": "true"})
+    tags = {"depth.own_run": "true"}
+    if token is not None:
+        tags["depth.open_token"] = token
+        earlier = client.search_runs([experiment_id], f"tags.`depth.open_token` = '{token}'",
+                                     max_results=1)
+        if earlier:
+            return uri, earlier[0].info.run_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     return uri, run.info.run_id
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 
+from mlflow import MlflowClient
 
+from depth.tracking.store import open_run
 from depth.tracking.writer_process import MetricWriterProcess
 from depth.tracking.writer_thread import BufferedMetricWriter
 
@@ -113,3 +115,16 @@ def test_an_own_run_writer_that_dies_before_creating_the_run_is_replaced_here(tm
     assert run.info.run_name == "dies-early" and run.info.status == "FAILED"
     assert steps_of(client, writer.run_id, "energy/joules") == [1, 2, 3, 4, 5]
     assert not spool.path.exists()  # nothing needed the spool
+
+
+def test_opening_a_run_again_with_its_token_returns_that_run(tmp_path):
+    # The writer retries a create that timed out on a busy server (which may have created
+    # the run anyway): with its token, the retry finds that run instead of adding an empty one
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    _, first = open_run("tokens", "a", uri, token="t-1")
+    _, again = open_run("tokens", "a", uri, token="t-1")
+    _, other = open_run("tokens", "b", uri, token="t-2")
+    assert again == first and other != first
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tokens").experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted({first, other})
