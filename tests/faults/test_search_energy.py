@@ -106,7 +106,9 @@ def test_report_counts_every_run_and_sets_them_against_the_kept_model(sweep, cap
                    .tags["depth.train_joules"])
     assert search["kept_models"] == [sweep["kept_model"]]
     assert search["overhead"] == pytest.approx(total / kept_j, rel=1e-5)
-    assert search["overhead"] > 2.5  # three other runs' energy beside the kept one's
+    # three other runs' energy beside the kept one's (their sizes follow each fit's wall time
+    # at a constant 300 W, so only the exact sum above is asserted, not a ratio)
+    assert search["overhead"] > 1.0
     assert f"search overhead: {total / kept_j:.3g}x" in out
     assert "(1 failed)" in out
 
