@@ -40,7 +40,7 @@ def depth_tags(record: Mapping[str, Any]) -> dict[str, str]:
             value = record["train_joules"] / 3.6e6
         # floats in full (repr round-trips): search attribution adds these tags back up
         tags[f"depth.{field}"] = "unknown" if value is None else (
-            repr(value) if isinstance(value, float) else str(value))
+            repr(float(value)) if isinstance(value, float) else str(value))
     return tags
 
 

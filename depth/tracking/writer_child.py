@@ -30,7 +30,6 @@ import queue
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -173,7 +172,7 @@ def _open_run(uri: str, new_run: dict[str, Any], budget: float) -> str | None:
     from depth.tracking.store import open_run
 
     opened: list[str] = []
-    token = new_run.setdefault("token", uuid.uuid4().hex)  # one per run, kept over retries
+    token = new_run.get("token")  # the trainer's (`MetricWriterProcess`): same over retries
     if not _with_retry(lambda: opened.append(open_run(new_run["experiment_name"],
                                                       new_run["run_name"], uri, token)[1]),
                        budget):

@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -83,9 +84,13 @@ class MetricWriterProcess(CheckpointEvents):
         self._wake = threading.Event()
         self._write_lock = threading.Lock()  # one line at a time on the process's stdin
         env = {**os.environ, URI_ENV: tracking_uri}
+        # One token for the own run, whoever creates it (the process, or this one if the
+        # process dies): a retry or the fallback finds a run already made, never adds one.
+        self._open_token = uuid.uuid4().hex
         if run_id is None and own_run is not None:
             env[NEW_RUN_ENV] = json.dumps({"experiment_name": own_run[0], "run_name": own_run[1],
-                                           "spool": str(spool.path) if spool else None})
+                                           "spool": str(spool.path) if spool else None,
+                                           "token": self._open_token})
         self._proc = subprocess.Popen(
             # The URI goes through the environment, not argv: other users can read a
             # process's arguments (ps), and a URI may carry credentials.
@@ -206,7 +211,8 @@ class MetricWriterProcess(CheckpointEvents):
             from depth.tracking.store import open_run, redact_text
 
             try:
-                self.run_id = open_run(*self.own_run, tracking_uri=self.tracking_uri)[1]
+                self.run_id = open_run(*self.own_run, tracking_uri=self.tracking_uri,
+                                       token=self._open_token)[1]
                 self.spool.run_known(self.run_id)
             except Exception as err:
                 self.error = redact_text(f"{type(err).__name__}: {err}".splitlines()[0])

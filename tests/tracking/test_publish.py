@@ -202,3 +202,15 @@ def test_a_checkpoint_file_removed_before_its_upload_is_tagged_not_raised(sqlite
     reason = publish_checkpoint_file(client, run_id, str(gone), record["record_sha256"])
     assert reason == f"checkpoint file {gone} was gone before it could be uploaded"
     assert client.get_logged_model(model_id).tags["depth.checkpoint_file"] == "missing at upload"
+
+
+def test_tags_keep_every_digit_of_a_number_numpy_or_not():
+    # `depth attribute` adds the depth.train_joules tags back up: six digits lost joules,
+    # and numpy's repr ("np.float64(...)") is no number
+    import numpy as np
+
+    joules = 23.212451399376732
+    for value in (joules, np.float64(joules)):
+        tags = depth_tags({"train_joules": value, "optimizer_steps": 3})
+        assert tags["depth.train_joules"] == "23.212451399376732"
+        assert float(tags["depth.train_kwh"]) == joules / 3.6e6
