@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from jsonargparse import ArgumentParser
 
-from depth.cli.common import Command, UsageError, OneLineParser
+from depth.cli.common import Command, OneLineParser, UsageError
 from depth.cli.export import declare_export, run_export
 from depth.cli.meters import declare_meters, run_meters
 from depth.cli.records import (
@@ -25,8 +25,8 @@ from depth.cli.records import (
     run_provenance,
     run_verify,
 )
-from depth.cli.search import declare_attribute, run_attribute
 from depth.cli.registry import declare_register, run_register
+from depth.cli.search import declare_attribute, run_attribute
 from depth.cli.serving import (
     declare_amortize,
     declare_eval,

@@ -9,7 +9,6 @@ from jsonargparse import ArgumentParser, Namespace
 
 from depth.cli import checks
 
-
 # ----------------------------------------------------------------------------- verify
 
 def declare_verify(p: ArgumentParser) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
 
-from depth.serving.physics import GPT3_J_PER_PARAMETER
 from depth.cli import checks
 from depth.cli.common import UsageError, one_line, progress
+from depth.serving.physics import GPT3_J_PER_PARAMETER
 
 # ----------------------------------------------------------------------------- train, run
 

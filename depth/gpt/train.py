@@ -20,8 +20,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
-from depth.lightning.callback import DepthCallback
 from depth.gpt.recipe import Recipe
+from depth.lightning.callback import DepthCallback
 from depth.tracking.store import redact, unreachable, urls_unprinted
 
 
@@ -97,7 +97,7 @@ def _parent_file(recipe: Recipe) -> Path | None:
 def _logger(recipe: Recipe) -> Any:
     """An MLFlowLogger on the recipe's store, or ``None`` when tracking is off or its
     server is down (the callback then spools what it would have written)."""
-    from depth.tracking.store import artifacts_beside, default_tracking_uri
+    from depth.tracking.store import artifacts_beside, default_tracking_uri, prepare_store
 
     if not recipe.tracking.enabled:
         return None
@@ -105,6 +105,8 @@ def _logger(recipe: Recipe) -> Any:
     if unreachable(uri) is not None:
         return None
     from pytorch_lightning.loggers import MLFlowLogger
+
+    prepare_store(uri)  # a new SQLite store made here, not raced by the writer process
 
     return MLFlowLogger(experiment_name=recipe.tracking.experiment_name, tracking_uri=uri,
                         run_name=recipe.tracking.run_name or recipe.name,
@@ -221,11 +223,10 @@ def train(recipe: Recipe, callbacks: list[Any] | None = None,
         trainer.save_checkpoint(path)
         record = load_checkpoint(Path(path))[CHECKPOINT_KEY]
         if run_id is not None and unreachable(uri) is None:
-            from mlflow import MlflowClient
-
             from depth.tracking.publish import publish_checkpoint, publish_checkpoint_file
+            from depth.tracking.store import store_client
 
-            client = MlflowClient(uri)
+            client = store_client(uri)
             model_id = publish_checkpoint(client, run_id, record, trainer.global_step)
             callback.logged_models.append((trainer.global_step, model_id))
             if depth.log_checkpoints:

@@ -184,9 +184,9 @@ class Sinks:
                 if own is not None:
                     self._own_writers.append(sinks[-1])
             else:
-                from mlflow import MlflowClient
+                from depth.tracking.store import store_client
 
-                sinks.append(BufferedMetricWriter(MlflowClient(uri), run_id,
+                sinks.append(BufferedMetricWriter(store_client(uri), run_id,
                                                   options.flush_interval_s, spool))
         self._sinks = sinks
 

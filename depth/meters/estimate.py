@@ -27,7 +27,6 @@ from typing import Any, Iterator
 
 from depth.meters.base import BackgroundSampler, MeterUnavailable
 
-
 ATTRIBUTION = ("process CPU time x TDP share: P = TDP * cpu_s / (wall_s * n_cpus), cpu_s of "
                "this process and its children (psutil); other processes are not billed")
 

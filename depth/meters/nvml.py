@@ -33,9 +33,9 @@ from depth.meters.nvml_gpus import (
     Gpu,
     NvmlSession,
     nvml_text,
-    torch_cuda_uuids,
     parse_visible_devices,
     resolve_gpus,
+    torch_cuda_uuids,
 )
 
 __all__ = ["NvmlCounterMeter", "NvmlPowerMeter", "parse_visible_devices"]

@@ -14,6 +14,7 @@ from typing import Any
 
 from depth.record.digest import CHECKPOINT_KEY, record_sha256
 from depth.record.schema import SCHEMA, check_record
+
 ATTRIBUTION = ("time-interpolated counter updates (update placed at the midpoint between the "
                "reads around it; boundaries on the line between updates); closure exact")
 

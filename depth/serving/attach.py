@@ -181,9 +181,9 @@ def previous_eval(source: str, model_id: str | None, tracking_uri: str | None
         return (f"replaced the previous eval attached to {source}: {model} measured on "
                 f"{_when(saved.get('measured_at'), path.stat().st_mtime)}, {tokens_per_wh}")
     if model_id and tracking_uri:
-        from mlflow import MlflowClient
+        from depth.tracking.store import store_client
 
-        model = MlflowClient(tracking_uri).get_logged_model(model_id)
+        model = store_client(tracking_uri).get_logged_model(model_id)
         evals = [m for m in model.metrics or [] if m.key == "inference/tokens_per_wh"]
         if evals:
             latest = max(evals, key=lambda m: m.timestamp)
@@ -285,10 +285,11 @@ def log_inference(result: Mapping[str, Any], source: str, tracking_uri: str | No
 
 def _log_model_metrics(tracking_uri: str, model_id: str, metrics: list[tuple[str, float, int]],
                        tags: Mapping[str, str] | None = None) -> None:
-    from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    client = MlflowClient(tracking_uri)
+    from depth.tracking.store import store_client
+
+    client = store_client(tracking_uri)
     model = client.get_logged_model(model_id)
     now = int(time.time() * 1000)
     client.log_batch(model.source_run_id, metrics=[
@@ -334,8 +335,7 @@ def log_inference_metrics(tracking_uri: str, model_id: str, result: Mapping[str,
         "depth.inference_unstable_batches": ",".join(map(str, result["unstable_batches"]))
         or "none"})
     if record is not None:
-        from mlflow import MlflowClient
-
         from depth.tracking.pages import describe_model
+        from depth.tracking.store import store_client
 
-        describe_model(MlflowClient(tracking_uri), model_id, record)
+        describe_model(store_client(tracking_uri), model_id, record)

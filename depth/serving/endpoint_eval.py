@@ -137,11 +137,10 @@ def _target(source: str, tracking_uri: str | None, log: bool) -> tuple[Any, str 
     uri = tracking_uri or default_tracking_uri()
     model_id = None
     if log and source.startswith(MLFLOW_PREFIXES):
-        from mlflow import MlflowClient
-
         from depth.tracking.sources import logged_model_id
+        from depth.tracking.store import store_client
 
-        model_id = logged_model_id(MlflowClient(uri), source)
+        model_id = logged_model_id(store_client(uri), source)
     elif log and record.record_sha256 and unreachable(uri) is None:
         model_id = find_logged_model(uri, record.record_sha256)
     return record, model_id, uri
@@ -220,9 +219,9 @@ def evaluate_endpoint(endpoint: str, model_name: str, config: EndpointConfig,
     if model_id and uri:
         log_inference_metrics(uri, model_id, result,
                               None if record is None else record.to_dict())
-        from mlflow import MlflowClient
+        from depth.tracking.store import store_client
 
-        MlflowClient(uri).set_logged_model_tags(model_id, {
+        store_client(uri).set_logged_model_tags(model_id, {
             "depth.inference_endpoint": endpoint, "depth.inference_model_name": model_name,
             "depth.inference_best_concurrency": str(result["best_concurrency"])})
         result["logged_model"] = model_id

@@ -17,19 +17,18 @@ from depth.serving import physics
 from depth.serving.amortize import amortize, duration_text
 from depth.serving.attach import (  # noqa: F401  (EVAL_SUFFIX, metrics: names others use)
     EVAL_SUFFIX,
-    eval_file,
     Target,
     Warn,
     _log_model_metrics,
     attach,
     count_parameters,
-    python_warning,
+    eval_file,
     log_inference_metrics,
+    python_warning,
     resolve_target,
     target_for,
 )
 from depth.serving.inference import EvalConfig, measure
-
 
 NOT_A_RECIPE = "not a depth recipe"  # why a model's held-out loss is not measured
 
@@ -242,13 +241,16 @@ def _logged_model_of(source: str, tracking_uri: str | None, record_sha256: str |
     """(an ``MlflowClient``, the LoggedModel id) of `source`: the one an MLflow source names,
     or the one a checkpoint's record was published as (when a store is there to ask: the
     default store is not created for the question)."""
-    from mlflow import MlflowClient
-
     from depth.tracking.sources import find_logged_model, is_mlflow_source, logged_model_id
-    from depth.tracking.store import DEFAULT_STORE_DIR, default_tracking_uri, unreachable
+    from depth.tracking.store import (
+        DEFAULT_STORE_DIR,
+        default_tracking_uri,
+        store_client,
+        unreachable,
+    )
 
     if is_mlflow_source(source):
-        client = MlflowClient(tracking_uri or default_tracking_uri())
+        client = store_client(tracking_uri or default_tracking_uri())
         return client, logged_model_id(client, source)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri is None and (DEFAULT_STORE_DIR / "mlflow.db").is_file():
@@ -259,7 +261,7 @@ def _logged_model_of(source: str, tracking_uri: str | None, record_sha256: str |
     if not record_sha256 or uri is None or unreachable(uri) is not None:
         return None
     model_id = find_logged_model(uri, record_sha256)
-    return (MlflowClient(uri), model_id) if model_id else None
+    return (store_client(uri), model_id) if model_id else None
 
 
 def inference_j_per_token(source: str, tracking_uri: str | None = None,
@@ -326,8 +328,7 @@ def amortize_source(source: str, served_tokens: float | None, tokens_per_day: fl
     the scenario is kept as ``depth.amortize.*`` tags, which a later run overwrites: one
     current value per field. (LoggedModel metrics cannot be replaced, only appended to,
     and a what-if horizon is not a measurement to keep a history of.)"""
-    from depth.tracking.sources import find_logged_model
-    from depth.tracking.sources import read_provenance
+    from depth.tracking.sources import find_logged_model, read_provenance
 
     record = read_provenance(source, tracking_uri=tracking_uri)
     if joules_per_token is None:
@@ -351,19 +352,17 @@ def amortize_source(source: str, served_tokens: float | None, tokens_per_day: fl
         uri = tracking_uri or default_tracking_uri()
         model_id = None
         if source.startswith(("runs:/", "models:/", "m-")):
-            from mlflow import MlflowClient
-
             from depth.tracking.sources import logged_model_id
+            from depth.tracking.store import store_client
 
-            model_id = logged_model_id(MlflowClient(uri), source)
+            model_id = logged_model_id(store_client(uri), source)
         elif record.record_sha256 and unreachable(uri) is None:
             model_id = find_logged_model(uri, record.record_sha256)
         if model_id:
-            from mlflow import MlflowClient
-
             from depth.tracking.pages import describe_model
+            from depth.tracking.store import store_client
 
-            client = MlflowClient(uri)
+            client = store_client(uri)
             client.set_logged_model_tags(model_id, amortize_tags(result))
             describe_model(client, model_id, record.to_dict())  # the page shows the scenario
             result["logged_model"] = model_id

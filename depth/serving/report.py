@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from depth.serving import physics
 from depth.record.uncertainty import is_measured
+from depth.serving import physics
 
 COLUMNS = ("model", "run", "step", "depth_kwh", "j_per_param", "train_tokens_per_wh",
            "inference_tokens_per_wh", "best_batch", "ceiling_fraction", "landauer_ratio",

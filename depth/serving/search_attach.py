@@ -143,9 +143,8 @@ def attribute_search(experiment: str, source: str, tracking_uri: str | None = No
     if log and target.model_id and target.tracking_uri:
         log_search(target.tracking_uri, target.model_id, search)
         search["logged_model"] = target.model_id
-        from mlflow import MlflowClient
-
         from depth.tracking.pages import describe_model
+        from depth.tracking.store import store_client
 
-        describe_model(MlflowClient(target.tracking_uri), target.model_id, record)
+        describe_model(store_client(target.tracking_uri), target.model_id, record)
     return search

@@ -39,9 +39,7 @@ def reader_client(tracking_uri: str | None = None) -> tuple[Any, str]:
         ValueError: One line, credentials redacted, within seconds when the server is down
             (MLflow's own client retries for minutes).
     """
-    from mlflow import MlflowClient
-
-    from depth.tracking.store import default_tracking_uri, redact, unreachable
+    from depth.tracking.store import default_tracking_uri, redact, store_client, unreachable
 
     uri = tracking_uri or default_tracking_uri()
     if (missing := missing_sqlite_store(uri)) is not None:  # MLflow would create it, empty
@@ -49,7 +47,7 @@ def reader_client(tracking_uri: str | None = None) -> tuple[Any, str]:
                          "--tracking-uri or MLFLOW_TRACKING_URI")
     if (why := unreachable(uri)) is not None:
         raise ValueError(f"tracking server {redact(uri)} is unreachable ({why})")
-    return MlflowClient(uri), uri
+    return store_client(uri), uri
 
 
 def missing_sqlite_store(uri: str) -> str | None:
@@ -216,11 +214,10 @@ def resolve_parent(parent: str | Path | Mapping[str, Any]) -> dict[str, Any]:
 
 def find_logged_model(tracking_uri: str, digest: str) -> str | None:
     """The LoggedModel of a record (by ``depth.record_sha256``) in any experiment."""
-    from mlflow import MlflowClient
-
     from depth.tracking.publish import find_model
+    from depth.tracking.store import store_client
 
-    return find_model(MlflowClient(tracking_uri), None, digest)
+    return find_model(store_client(tracking_uri), None, digest)
 
 
 @dataclass

@@ -315,9 +315,7 @@ def sync_spool(source: str | Path, tracking_uri: str | None = None,
         SpoolError: No such spool, another sync holds the folder, or the server is down
             (whatever was stored before stays marked as done).
     """
-    from mlflow import MlflowClient
-
-    from depth.tracking.store import default_tracking_uri, unreachable
+    from depth.tracking.store import default_tracking_uri, store_client, unreachable
 
     named = tracking_uri is not None
     uri = tracking_uri or default_tracking_uri()
@@ -338,7 +336,7 @@ def sync_spool(source: str | Path, tracking_uri: str | None = None,
         if checked and (why := unreachable(uri)) is not None:
             raise SpoolError(f"tracking server {redact(uri)} is unreachable ({why}); nothing "
                              f"replayed from {source}", status=1)
-        client = MlflowClient(uri) if checked else None
+        client = store_client(uri) if checked else None
         for path, contents in checked:
             report.files += 1
             try:

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def redact(uri: str) -> str:
@@ -159,6 +160,46 @@ def artifacts_beside(uri: str) -> str | None:
     return (database.parent / "artifacts").resolve().as_uri()
 
 
+_READY: set[str] = set()  # SQLite stores this process has opened (tables made)
+
+
+def prepare_store(uri: str) -> None:
+    """Opens a ``sqlite:///`` store once per process under a lock file beside it
+    (``mlflow.db.lock``), so that its tables are made, or upgraded after an MLflow update,
+    by one process at a time; a no-op for servers and for stores already opened here.
+
+    MLflow creates and migrates a SQLite store in whichever process opens it first, with no
+    lock: two at once (a fit and its writer process, two fits on one store) fail with
+    "table _alembic_tmp_... already exists" or "duplicate column name", and the loser can
+    leave the store half-migrated, unusable to every later run.
+    """
+    if not uri.startswith("sqlite:///") or uri in _READY:
+        return
+    database = Path(uri[len("sqlite:///"):])
+    try:
+        import fcntl
+    except ImportError:  # Windows: MLflow alone, as before
+        fcntl = None
+    from mlflow import MlflowClient
+
+    if fcntl is None or not database.parent.is_dir():  # MLflow says what is wrong
+        MlflowClient(uri).search_experiments(max_results=1)
+    else:
+        with open(database.with_name(database.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            MlflowClient(uri).search_experiments(max_results=1)
+    _READY.add(uri)
+
+
+def store_client(uri: str) -> Any:
+    """An ``mlflow.MlflowClient`` on `uri`, its SQLite store opened under the lock
+    (`prepare_store`)."""
+    from mlflow import MlflowClient
+
+    prepare_store(uri)
+    return MlflowClient(uri)
+
+
 def open_run(experiment_name: str, run_name: str | None = None,
              tracking_uri: str | None = None, token: str | None = None) -> tuple[str, str]:
     """Creates a run (and its experiment if needed); returns (tracking URI, run id).
@@ -167,11 +208,10 @@ def open_run(experiment_name: str, run_name: str | None = None,
     instead: a retry after a request that timed out on a busy server, which may have created
     the run all the same, does not leave a second, empty run.
     """
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri or default_tracking_uri()
-    client = MlflowClient(uri)
+    client = store_client(uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is not None:
         experiment_id = experiment.experiment_id
@@ -197,7 +237,5 @@ def open_run(experiment_name: str, run_name: str | None = None,
 def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     """Ends a run the callback opened: ``FINISHED``, ``FAILED`` (the fit raised) or
     ``KILLED`` (interrupted)."""
-    from mlflow import MlflowClient
-
     with urls_unprinted(tracking_uri):
-        MlflowClient(tracking_uri).set_terminated(run_id, status)
+        store_client(tracking_uri).set_terminated(run_id, status)

@@ -80,13 +80,12 @@ def _with_retry(write: Callable[[], object], budget_s: float) -> bool:
             delay = min(delay * 2, 10.0)
 
 
-def _client(make: Callable[..., Any], uri: str, attempts: int = 6) -> Any:
-    """The store's client. Two writers that open a new SQLite store at once race in
-    MLflow's table creation ("duplicate column name"): the loser tries again, when the
-    tables are there."""
+def _client(make: Callable[[str], Any], uri: str, attempts: int = 6) -> Any:
+    """The store's client (a new SQLite store is made under its lock: `prepare_store`),
+    tried again while the store is busy or not yet answering."""
     for attempt in range(attempts):
         try:
-            return make(tracking_uri=uri)
+            return make(uri)
         except Exception:
             if attempt == attempts - 1:
                 raise
@@ -121,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_read_ahead, args=(lines,), daemon=True).start()
-    from mlflow import MlflowClient
+    from depth.tracking.store import store_client
 
-    client = _client(MlflowClient, uri)
+    client = _client(store_client, uri)
     new_run = json.loads(os.environ[NEW_RUN_ENV]) if run_id == "-" else None
     run_id = _open_run(uri, new_run, retry_s) if new_run is not None else run_id
     _send({"ready": True})

@@ -218,9 +218,9 @@ class MetricWriterProcess(CheckpointEvents):
                 self.error = redact_text(f"{type(err).__name__}: {err}".splitlines()[0])
                 self._spool_only = True
         if self._fallback is None and not self._spool_only:
-            from mlflow import MlflowClient
+            from depth.tracking.store import store_client
 
-            self._fallback = BufferedMetricWriter(MlflowClient(self.tracking_uri), self.run_id,
+            self._fallback = BufferedMetricWriter(store_client(self.tracking_uri), self.run_id,
                                                   self.interval_s, spool=self.spool)
         points = [p for seq in sorted(self._unacked) for p in self._unacked[seq][0]]
         checkpoints = [c for seq in sorted(self._unacked) for c in self._unacked[seq][1]]
