@@ -198,6 +198,8 @@ def main() -> None:
     p.add_argument("--outage-s", type=float, default=5.0)
     p.add_argument("--writer-rows", type=int, default=20000)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--note", default="",
+                   help="what else ran on the machine (stored in the JSON as said)")
     args = p.parse_args()
     from mlflow import MlflowClient
 
@@ -205,7 +207,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"), "host": platform.node(),
         "cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(),
         "args": {k: str(v) for k, v in vars(args).items()},
-        "note": "shared machine: other developers' tests ran at the same time"}
+        "note": args.note}
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         work = Path(tmp)
         with team_server(work / "server", workers=args.workers) as server:

@@ -30,18 +30,22 @@ class MlflowServer:
         port: The port (default: a free one).
         app_name: ``--app-name`` (``basic-auth``: MLflow's users and permissions).
         workers: Server worker processes.
+        artifacts: ``--artifacts-destination`` (default: ``ROOT/artifacts``; an
+            ``s3://`` URI with the endpoint and keys in `env`).
     """
 
     env: dict[str, str] = {}  # extra environment of the server (the auth app's settings)
 
     def __init__(self, root: Path, backend: str | None = None, port: int | None = None,
-                 app_name: str | None = None, workers: int = 1):
+                 app_name: str | None = None, workers: int = 1,
+                 artifacts: str | None = None):
         self.root = root
         self.backend = backend or f"sqlite:///{root}/server.db"
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.app_name = app_name
         self.workers = workers
+        self.artifacts = artifacts or str(root / "artifacts")
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 90.0) -> str:
@@ -50,7 +54,7 @@ class MlflowServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
              str(self.port), "--backend-store-uri", self.backend,
-             "--artifacts-destination", str(self.root / "artifacts"),
+             "--artifacts-destination", self.artifacts,
              "--workers", str(self.workers),
              *(["--app-name", self.app_name] if self.app_name else [])],
             stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,

@@ -152,3 +152,43 @@ def test_a_server_killed_mid_run_loses_nothing_after_depth_sync(tmp_path, monkey
         assert client.get_run(run_id).info.status == "FINISHED"
     finally:
         server.stop()
+
+
+def test_records_and_checkpoint_files_go_to_an_s3_compatible_artifact_store(tmp_path):
+    """The server proxies artifacts to ``s3://`` (docs/deploy.md): the trainer needs no
+    storage keys, and the bucket gets the run's record and the uploaded checkpoints."""
+    import pytest
+
+    from tests.support import s3_server
+
+    if (why := s3_server.missing()) is not None:
+        pytest.skip(why)
+    with s3_server.s3_server(tmp_path / "s3", "team-artifacts") as s3_env:
+        server = MlflowServer(tmp_path / "server", artifacts="s3://team-artifacts/mlflow")
+        server.env = s3_env  # the server's environment only: the trainer has no keys
+        uri = server.start()
+        try:
+            logger = MLFlowLogger(experiment_name="s3", tracking_uri=uri)
+            callback = DepthCallback(ClockMeter(), mlflow_writer="process",
+                                     log_checkpoints=True)
+            trainer = pl.Trainer(callbacks=[callback], logger=logger, max_epochs=1,
+                                 default_root_dir=tmp_path / "fit", enable_progress_bar=False,
+                                 enable_model_summary=False, accelerator="cpu", devices=1)
+            trainer.fit(TinyLM(), loader(n=24))
+            callback.wait_for_tracking()
+            record = torch.load(trainer.checkpoint_callback.best_model_path,
+                                weights_only=True)["depth"]
+            keys = [o["Key"] for o in s3_server.client(s3_env).list_objects_v2(
+                Bucket="team-artifacts", Prefix="mlflow/").get("Contents", [])]
+            assert any(k.endswith("/depth/provenance.json") for k in keys), keys
+            assert any("/checkpoint/" in k and k.endswith(".ckpt") for k in keys), keys
+            (_, model_id), = callback.logged_models
+            for source in (f"runs:/{logger.run_id}", model_id):  # read back through the proxy
+                assert read_provenance(source, tracking_uri=uri).record_sha256 == \
+                    record["record_sha256"]
+        finally:
+            server.stop()
+    secret = s3_server.SECRET_ACCESS_KEY.encode()
+    for path in (tmp_path / "fit").rglob("*"):
+        assert not path.is_file() or secret not in path.read_bytes(), path
+    assert secret not in (tmp_path / "server" / "server.db").read_bytes()
