@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -62,9 +63,20 @@ def _read_ahead(lines: queue.Queue) -> None:
     lines.put(None)
 
 
+_REFUSED = re.compile(r"\b(PERMISSION_DENIED|UNAUTHENTICATED|error code 40[13])\b")
+
+
+def refused(err: BaseException) -> bool:
+    """Whether the server refused the credentials or the permission (HTTP 401/403): asking
+    again will not help, so the batch is spooled at once for `depth sync` with the right
+    ones, instead of after the whole retry budget."""
+    code = getattr(err, "error_code", None)
+    return code in ("PERMISSION_DENIED", "UNAUTHENTICATED") or bool(_REFUSED.search(str(err)))
+
+
 def _with_retry(write: Callable[[], object], budget_s: float) -> bool:
     """Runs `write`, retrying with backoff for up to `budget_s` (0: one attempt); False if
-    it never succeeded."""
+    it never succeeded, or at once when the server refuses (`refused`)."""
     delay, give_up = 0.5, time.monotonic() + budget_s
     while True:
         try:
@@ -74,7 +86,7 @@ def _with_retry(write: Callable[[], object], budget_s: float) -> bool:
             from depth.tracking.store import redact_text  # MLflow names the URL, password too
 
             _send({"error": redact_text(f"{type(err).__name__}: {err}".splitlines()[0])})
-            if time.monotonic() + delay > give_up:
+            if refused(err) or time.monotonic() + delay > give_up:
                 return False
             time.sleep(delay)
             delay = min(delay * 2, 10.0)

@@ -202,8 +202,11 @@ def test_wrong_credentials_are_one_redacted_line_and_sync_replays_the_spool(team
             ("read-only", bob, "403")):
         root = tmp_path / kind
         before = {r.info.run_id for r in admin.search_runs([server.team_id])}
-        with environment(**env):
-            callback = fit(root, experiment_name=TEAM_EXPERIMENT)
+        started = time.monotonic()
+        with environment(**env):  # a refusal is not retried: a long budget is not spent
+            callback = fit(root, experiment_name=TEAM_EXPERIMENT, tracking_retry_s=600)
+        # retried, the refusal would hold wait_for_tracking to its 120 s limit
+        assert time.monotonic() - started < 90, kind
         # one line, redacted, saying what and where: from the probe ("HTTP 401: it refuses
         # the credentials") or, when a fresh server answers it too slowly, from opening the
         # run ("error code 401")

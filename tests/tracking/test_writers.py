@@ -128,3 +128,16 @@ def test_opening_a_run_again_with_its_token_returns_that_run(tmp_path):
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("tokens").experiment_id])
     assert sorted(r.info.run_id for r in runs) == sorted({first, other})
+
+
+def test_a_refusal_by_the_server_is_not_retried_but_an_outage_is():
+    from mlflow.exceptions import MlflowException, RestException
+
+    from depth.tracking.writer_child import refused
+
+    assert refused(RestException({"error_code": "PERMISSION_DENIED", "message": "no"}))
+    assert refused(MlflowException("API request to endpoint /api/2.0/mlflow/runs/create "
+                                   "failed with error code 401 != 200. Response body: ''"))
+    assert not refused(MlflowException("API request to endpoint /x failed with error code "
+                                       "503 != 200"))
+    assert not refused(ConnectionError("Connection refused"))
