@@ -208,11 +208,13 @@ def _plot_amortization(pairs: list[tuple[dict[str, Any], Any]], path: Path) -> N
 
 
 def _experiments(client: Any, names: list[str], tracking_uri: str) -> list[Any]:
+    from depth.tracking.sources import reading
     from depth.tracking.store import redact
 
     found = []
     for name in names:
-        experiment = client.get_experiment_by_name(name)
+        with reading(f"experiment {name!r}"):  # of several, the one the server refuses
+            experiment = client.get_experiment_by_name(name)
         if experiment is None:
             known = [e.name for e in client.search_experiments()]
             raise ValueError(f"no experiment {name!r} at {redact(tracking_uri)}"
@@ -254,7 +256,10 @@ def make_report(experiment: str | list[str], tracking_uri: str, out_dir: Path,
         else:
             experiments = _experiments(client, names, tracking_uri)
             ids = [e.experiment_id for e in experiments]
-            energies_first = [experiment_energy(client, e, keep or ()) for e in experiments]
+            energies_first = []
+            for e in experiments:
+                with reading(f"experiment {e.name!r}"):
+                    energies_first.append(experiment_energy(client, e, keep or ()))
             pairs = collect(client, tracking_uri, ids, all_checkpoints)  # bad --keep: above
             home = ids[0]
         energies = (energies_first if registered_model is None
@@ -280,8 +285,8 @@ def make_report(experiment: str | list[str], tracking_uri: str, out_dir: Path,
     report = Report(rows=[row for row, _ in pairs], files=files,
                     search=search if isinstance(search, dict) else {"experiments": search},
                     search_lines=[line for e in energies for line in report_lines(e)])
-    if log and home is not None:
-        with reading(label):
+    if log and home is not None:  # writing needs EDIT: a reader is told of --no-log
+        with reading(f"{label}: writing its depth-report run (--no-log only reads)"):
             report.run_id = log_report(client, home, report)
     return report
 

@@ -343,8 +343,12 @@ def sync_spool(source: str | Path, tracking_uri: str | None = None,
                 run_id, replayed, before = _replay_file(client, uri, path, contents, report)
             except Exception as err:
                 reason = redact_text(" ".join(f"{type(err).__name__}: {err}".split()))[:300]
+                from depth.tracking.writer_child import refused
+
+                again = ("run `depth sync` again with credentials that may write to its "
+                         "experiment (EDIT)" if refused(err) else "run `depth sync` again")
                 stopped = (f"{path}: replay stopped ({reason}); what was stored is marked "
-                           "done, run `depth sync` again")
+                           f"done, {again}")
                 if unreachable(uri) is not None:  # the server went away: stop here
                     raise SpoolError(stopped, status=1) from None
                 report.failed.append(stopped)

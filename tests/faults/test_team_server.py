@@ -216,6 +216,11 @@ def test_wrong_credentials_are_one_redacted_line_and_sync_replays_the_spool(team
         assert files_holding(SECRETS, root) == []
         assert sorted(p.name for p in (root / "ckpt").glob("*.ckpt")) == \
             ["epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt"]  # training went on
+        if kind == "read-only":  # bob's own sync is refused: told what would help
+            with environment(**bob):
+                status = main(["sync", str(root / "depth-spool")])
+            out, err = capsys.readouterr()
+            assert status == 1 and "(EDIT)" in out + err, out + err
         right = ({"MLFLOW_TRACKING_URI": server.as_user(ALICE, ALICE_PASSWORD)}
                  if kind == "uri" else {"MLFLOW_TRACKING_URI": server.uri, **alice_env()})
         with environment(**right):
@@ -243,9 +248,13 @@ def test_a_team_report_over_experiments_and_a_registered_models_versions(team, c
     status = main([*both, "--no-log", "--out", str(tmp_path / "bob"), "--tracking-uri", as_bob])
     out, err = capsys.readouterr()
     assert status == 2 and len(err.splitlines()) == 1, err
-    assert "team-b" in err and "Traceback" not in err
+    assert "experiment 'team-b'" in err and "'team'," not in err and "Traceback" not in err
     assert not any(s in out + err for s in SECRETS)
     grant(server, BOB, "experiment", team_b, "READ")
+    # without --no-log the report run needs EDIT: one line that names the way out
+    status = main([*both, "--out", str(tmp_path / "bob-log"), "--tracking-uri", as_bob])
+    out, err = capsys.readouterr()
+    assert status == 2 and len(err.splitlines()) == 1 and "--no-log" in err, err
     status = main([*both, "--no-log", "--out", str(tmp_path / "bob"), "--tracking-uri", as_bob])
     out, err = capsys.readouterr()
     assert status == 0, err
