@@ -315,7 +315,7 @@ def sync_spool(source: str | Path, tracking_uri: str | None = None,
         SpoolError: No such spool, another sync holds the folder, or the server is down
             (whatever was stored before stays marked as done).
     """
-    from depth.tracking.store import default_tracking_uri, store_client, unreachable
+    from depth.tracking.store import default_tracking_uri, refused, store_client, unreachable
 
     named = tracking_uri is not None
     uri = tracking_uri or default_tracking_uri()
@@ -343,8 +343,6 @@ def sync_spool(source: str | Path, tracking_uri: str | None = None,
                 run_id, replayed, before = _replay_file(client, uri, path, contents, report)
             except Exception as err:
                 reason = redact_text(" ".join(f"{type(err).__name__}: {err}".split()))[:300]
-                from depth.tracking.writer_child import refused
-
                 again = ("run `depth sync` again with credentials that may write to its "
                          "experiment (EDIT)" if refused(err) else "run `depth sync` again")
                 stopped = (f"{path}: replay stopped ({reason}); what was stored is marked "

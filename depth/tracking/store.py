@@ -150,6 +150,17 @@ def unreachable(uri: str, timeout_s: float = 2.0) -> str | None:
     return None
 
 
+_REFUSED = re.compile(r"\b(PERMISSION_DENIED|UNAUTHENTICATED|error code 40[13])\b")
+
+
+def refused(err: BaseException) -> bool:
+    """Whether the server refused the credentials or the permission (HTTP 401/403) in
+    `err`, an MLflow error: asking again will not help (the writer spools at once, instead
+    of after its whole retry budget; `depth sync` names credentials that may write)."""
+    code = getattr(err, "error_code", None)
+    return code in ("PERMISSION_DENIED", "UNAUTHENTICATED") or bool(_REFUSED.search(str(err)))
+
+
 def artifacts_beside(uri: str) -> str | None:
     """For a SQLite store, ``artifacts/`` next to the database file (MLflow's own default,
     ``./mlruns`` under the working directory, would scatter artifacts wherever a script

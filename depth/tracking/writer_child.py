@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import re
 import sys
 import threading
 import time
@@ -63,17 +62,6 @@ def _read_ahead(lines: queue.Queue) -> None:
     lines.put(None)
 
 
-_REFUSED = re.compile(r"\b(PERMISSION_DENIED|UNAUTHENTICATED|error code 40[13])\b")
-
-
-def refused(err: BaseException) -> bool:
-    """Whether the server refused the credentials or the permission (HTTP 401/403): asking
-    again will not help, so the batch is spooled at once for `depth sync` with the right
-    ones, instead of after the whole retry budget."""
-    code = getattr(err, "error_code", None)
-    return code in ("PERMISSION_DENIED", "UNAUTHENTICATED") or bool(_REFUSED.search(str(err)))
-
-
 def _with_retry(write: Callable[[], object], budget_s: float) -> bool:
     """Runs `write`, retrying with backoff for up to `budget_s` (0: one attempt); False if
     it never succeeded, or at once when the server refuses (`refused`)."""
@@ -83,7 +71,7 @@ def _with_retry(write: Callable[[], object], budget_s: float) -> bool:
             write()
             return True
         except Exception as err:  # store busy or unreachable: say so, retry
-            from depth.tracking.store import redact_text  # MLflow names the URL, password too
+            from depth.tracking.store import redact_text, refused  # MLflow names the URL
 
             _send({"error": redact_text(f"{type(err).__name__}: {err}".splitlines()[0])})
             if refused(err) or time.monotonic() + delay > give_up:

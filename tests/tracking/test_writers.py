@@ -133,7 +133,7 @@ def test_opening_a_run_again_with_its_token_returns_that_run(tmp_path):
 def test_a_refusal_by_the_server_is_not_retried_but_an_outage_is():
     from mlflow.exceptions import MlflowException, RestException
 
-    from depth.tracking.writer_child import refused
+    from depth.tracking.store import refused
 
     assert refused(RestException({"error_code": "PERMISSION_DENIED", "message": "no"}))
     assert refused(MlflowException("API request to endpoint /api/2.0/mlflow/runs/create "
